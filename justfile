@@ -1,0 +1,64 @@
+# duplex developer recipes. `just --list` shows them all.
+set shell := ["bash", "-eu", "-o", "pipefail", "-c"]
+
+uv := env("UV", "python3 -m uv")
+run := uv + " run --frozen"
+
+# List recipes
+default:
+    @just --list
+
+# Install system packages, uv and the locked dev environment
+setup:
+    bash scripts/setup.sh --dev
+
+# ===== Quality =====
+
+# Lint (ruff check + format check)
+lint:
+    {{run}} ruff check .
+    {{run}} ruff format --check .
+
+# Auto-fix lint and formatting
+fix:
+    {{run}} ruff check . --fix
+    {{run}} ruff format .
+
+# Type-check (mypy strict)
+typecheck:
+    {{run}} mypy
+
+# Run the test suite (extra args go to pytest)
+test *ARGS:
+    {{run}} pytest {{ARGS}}
+
+# Lint + typecheck + test: what CI runs
+ci: lint typecheck test
+
+# ===== Generators =====
+
+# Regenerate the gRPC modules and typed stubs from src/duplexd/rpc/tts.proto
+gen-proto:
+    {{run}} bash scripts/gen_proto.sh
+
+# ===== Runtime =====
+
+# Run a TTS worker (extra flags go to `duplexd worker`)
+run-worker *FLAGS:
+    {{run}} duplexd worker --config configs/worker.yaml {{FLAGS}}
+
+# Run the orchestrator (extra flags go to `duplexd orchestrator`)
+run-orch *FLAGS:
+    {{run}} duplexd orchestrator --config configs/orchestrator.yaml {{FLAGS}}
+
+# The spoken demo conversation (writes demo.wav)
+demo *FLAGS:
+    {{run}} duplexctl demo {{FLAGS}}
+
+# Benchmarks (writes JSON; see docs/benchmarks.md)
+bench *FLAGS:
+    {{run}} duplexctl bench {{FLAGS}}
+
+# A local Redis for fleet mode (apt redis-server), in the foreground
+redis PORT="6379":
+    redis-server --port {{PORT}} --save "" --appendonly no

@@ -1,0 +1,3 @@
+from duplexd.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""`duplexd`: the daemons. `duplexd worker` (TTS) and `duplexd orchestrator`.
+
+Flags override environment (``DUPLEX_*``) which overrides the YAML config; the design's
+underscore spellings (``--default_model``, ``--ttl_ms`` …) are accepted beside the dashed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from duplexd.errors import DuplexError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="duplexd",
+    help="duplex daemons: the streaming TTS worker and the voice orchestrator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).")
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG | INFO | WARNING | ERROR")]
+ReadyFile = Annotated[
+    Path | None,
+    typer.Option("--ready-file", help="write {pid, addr, port, metrics_port} here once serving"),
+]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port [7001]; 0 picks one")] = None,
+    name: Annotated[str | None, typer.Option(help="worker name [tts-worker@0]")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", "--metrics_port", help="Prometheus port [9101]")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda:N [cpu]")] = None,
+    default_model: Annotated[
+        str | None,
+        typer.Option("--default-model", "--default_model", help="loaded + warmed at start"),
+    ] = None,
+    preload_models: Annotated[
+        str | None,
+        typer.Option("--preload-models", "--preload_models", help="comma-separated ids"),
+    ] = None,
+    ttl_ms: Annotated[int | None, typer.Option("--ttl-ms", "--ttl_ms", help="idle TTL")] = None,
+    min_residency_ms: Annotated[
+        int | None, typer.Option("--min-residency-ms", "--min_residency_ms")
+    ] = None,
+    evict_check_interval_ms: Annotated[
+        int | None, typer.Option("--evict-check-interval-ms", "--evict_check_interval_ms")
+    ] = None,
+    resident_cap: Annotated[
+        int | None, typer.Option("--resident-cap", "--resident_cap", help="LRU cap")
+    ] = None,
+    max_parallel_loads: Annotated[
+        int | None, typer.Option("--max-parallel-loads", "--max_parallel_loads")
+    ] = None,
+    lead_ms: Annotated[
+        int | None, typer.Option("--lead-ms", "--lead_ms", help="audio sent ahead of real time")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="server cert (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="server key (PEM)")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option("--tls-client-ca", help="require client certs (mTLS)")
+    ] = None,
+    allow_insecure_remote: Annotated[
+        bool | None,
+        typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
+    ] = None,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run a TTS worker: gRPC streaming synthesis with a hot-swapping Model Manager."""
+    overrides: dict[str, Any] = {
+        "worker.host": host,
+        "worker.port": port,
+        "worker.name": name,
+        "worker.metrics_port": metrics_port,
+        "worker.device": device,
+        "worker.lead_ms": lead_ms,
+        "model_manager.default_model_id": default_model,
+        "model_manager.preload_model_ids": _csv(preload_models),
+        "model_manager.ttl_ms": ttl_ms,
+        "model_manager.min_residency_ms": min_residency_ms,
+        "model_manager.evict_check_interval_ms": evict_check_interval_ms,
+        "model_manager.resident_cap": resident_cap,
+        "model_manager.max_parallel_loads": max_parallel_loads,
+        "auth.tls_cert": tls_cert,
+        "auth.tls_key": tls_key,
+        "auth.tls_client_ca": tls_client_ca,
+        "auth.allow_insecure_remote": allow_insecure_remote,
+    }
+    from duplexd.config import WorkerConfig, load_config
+    from duplexd.logging import configure_logging
+
+    configure_logging(log_level.upper(), process="worker")
+    _run(lambda: _worker_main(load_config(WorkerConfig, config, overrides=overrides), config, ready_file))
+
+
+async def _worker_main(cfg: Any, config_file: Path | None, ready_file: Path | None) -> None:
+    from duplexd.tts.app import run_worker
+
+    await run_worker(cfg, config_file, ready_file)
+
+
+def _run(make: Any) -> None:
+    """Run a daemon; a DuplexError ends it with its message and exit code, no traceback."""
+    try:
+        asyncio.run(make())
+    except DuplexError as exc:
+        from duplexd.logging import get_logger
+
+        get_logger("duplexd").error("fatal", error=str(exc), status=exc.status)
+        print(f"duplexd: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Typed configuration for both daemons: YAML < ``DUPLEX_*`` environment < CLI flags.
+
+Every knob has a default here and a line of documentation in the sample files under
+``configs/``. Unknown keys are errors (a typo must not silently fall back to a default), and
+every validation error names the file (or variable, or flag) and the dotted key.
+
+Environment variables: ``DUPLEX_<SECTION>__<KEY>`` (double underscore between levels), e.g.
+``DUPLEX_MODEL_MANAGER__TTL_MS=60000``; plus the short aliases in ``ENV_ALIASES``
+(``DUPLEX_API_KEY``, ``DUPLEX_REDIS_URL``, ``DUPLEX_MODELS_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from duplexd.audio.frames import FRAME_MS, SAMPLE_RATE
+from duplexd.errors import ConfigError
+
+__all__ = [
+    "ENV_ALIASES",
+    "AsrConfig",
+    "AuthConfig",
+    "LlmConfig",
+    "ModelManagerConfig",
+    "OrchestratorConfig",
+    "RedisConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "SessionsConfig",
+    "TransportConfig",
+    "TurnConfig",
+    "VadConfig",
+    "WorkerConfig",
+    "WorkerEndpoint",
+    "WorkerSection",
+    "load_config",
+    "repo_root",
+]
+
+
+def repo_root() -> Path:
+    """The checkout (or install prefix) holding configs/ and voicepacks/."""
+    env = os.environ.get("DUPLEX_HOME")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AuthConfig(_Section):
+    api_key: str | None = Field(None, description="API key required on every RPC and WebSocket")
+    allow_insecure_remote: bool = Field(
+        False, description="allow binding a non-loopback address without an API key"
+    )
+    tls_cert: Path | None = Field(None, description="server certificate (PEM) for TLS")
+    tls_key: Path | None = Field(None, description="server private key (PEM) for TLS")
+    tls_client_ca: Path | None = Field(
+        None, description="CA (PEM) that client certs must chain to: mTLS"
+    )
+
+
+class RedisConfig(_Section):
+    url: str | None = Field(None, description="redis:// or rediss:// URL; unset = static registry")
+    heartbeat_ms: int = Field(1000, gt=0, description="how often workers refresh their entry")
+    ttl_ms: int = Field(3000, gt=0, description="entry expiry: a dead worker drops out after this")
+    advertise: str | None = Field(
+        None, description="HOST:PORT other hosts use to reach this worker"
+    )
+
+
+class WorkerSection(_Section):
+    name: str = Field("tts-worker@0", description="name announced to orchestrators")
+    host: str = Field("127.0.0.1", description="gRPC bind address")
+    port: int = Field(7001, ge=0, le=65535, description="gRPC port (0 = pick a free one)")
+    metrics_port: int = Field(
+        9101, ge=0, le=65535, description="Prometheus /metrics port (0 = off)"
+    )
+    device: str = Field("cpu", description="auto | cpu | cuda:N")
+    sample_rate: int = Field(
+        SAMPLE_RATE, ge=SAMPLE_RATE, le=SAMPLE_RATE, description="wire sample rate (fixed)"
+    )
+    frame_ms: int = Field(
+        FRAME_MS, ge=FRAME_MS, le=FRAME_MS, description="wire frame length (fixed)"
+    )
+    adapter: str | None = Field(None, description="restrict the worker to one adapter family")
+    lead_ms: int = Field(120, ge=0, le=2000, description="audio sent ahead of real time")
+    queue_frames: int = Field(50, ge=2, description="per-session frame queue (backpressure bound)")
+    backpressure: Literal["stall", "drop_oldest"] = Field(
+        "stall", description="when a client is slower than real time: stall or drop oldest frames"
+    )
+    max_sessions: int = Field(64, ge=1, description="concurrent sessions before RESOURCE_EXHAUSTED")
+    session_idle_timeout_s: float = Field(300.0, gt=0, description="end sessions idle this long")
+    max_text_chars: int = Field(4000, ge=1, description="largest text accepted per utterance")
+    synth_threads: int = Field(2, ge=1, description="threads running engine generation")
+    resume_mode: Literal["next_unit", "exact"] = Field(
+        "next_unit", description="RESUME at the next text unit (design) or the exact next frame"
+    )
+
+
+class ModelManagerConfig(_Section):
+    default_model_id: str = Field("piper-en-us-joe", description="loaded and warmed at start")
+    preload_model_ids: list[str] = Field(default_factory=list, description="also loaded at start")
+    ttl_ms: int = Field(600_000, ge=0, description="idle time before a model is unloaded")
+    min_residency_ms: int = Field(
+        120_000, ge=0, description="never unload a model younger than this"
+    )
+    evict_check_interval_ms: int = Field(30_000, gt=0, description="evictor period")
+    resident_cap: int = Field(3, ge=1, description="most models resident at once (LRU above)")
+    max_parallel_loads: int = Field(1, ge=1, description="loads running at once")
+    max_pending_loads: int = Field(8, ge=1, description="loads waiting before answering busy")
+    memory_headroom_mb: int = Field(256, ge=0, description="memory kept free by the pre-check")
+    warmup_text: str = Field("Warm up.", description="hidden utterance synthesized after a load")
+    catalog: Path = Field(Path("configs/model_catalog.yaml"), description="model catalog file")
+    voicepacks_dir: Path = Field(Path("voicepacks"), description="voicepacks/<family>/<id>/")
+    models_dir: Path | None = Field(None, description="pulled weights (DUPLEX_MODELS_DIR)")
+
+
+class WorkerConfig(_Section):
+    worker: WorkerSection = Field(default_factory=WorkerSection)
+    model_manager: ModelManagerConfig = Field(default_factory=ModelManagerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+
+
+class ServerConfig(_Section):
+    host: str = Field("127.0.0.1", description="HTTP/WebSocket bind address")
+    port: int = Field(
+        8080, ge=0, le=65535, description="one port: /ws, /healthz, /status, /metrics"
+    )
+
+
+class TransportConfig(_Section):
+    webrtc: bool = Field(False, description="serve WebRTC (WHIP) callers")
+    ws_fallback: bool = Field(True, description="serve the WebSocket protocol")
+
+
+class AsrConfig(_Section):
+    engine: Literal["faster-whisper", "openai-whisper"] = Field(
+        "faster-whisper", description="ASR engine"
+    )
+    model: str = Field("tiny.en", description="tiny.en | base | a model directory/checkpoint")
+    language: str | None = Field("en", description="spoken language; null = detect")
+    compute_type: str = Field("int8", description="CTranslate2 compute type")
+    threads: int = Field(2, ge=0, description="decoder CPU threads (0 = engine default)")
+    partial_interval_ms: int = Field(500, ge=100, description="partial transcript cadence")
+    device: str = Field("cpu", description="cpu | cuda")
+
+
+class VadConfig(_Section):
+    engine: Literal["silero", "webrtc"] = Field("silero", description="VAD engine")
+    aggressiveness: int = Field(2, ge=0, le=3, description="WebRTC VAD aggressiveness")
+    threshold: float = Field(0.5, gt=0, lt=1, description="speech probability threshold")
+    min_speech_ms: int = Field(60, ge=0, description="speech needed before an onset")
+    hangover_ms: int = Field(300, ge=0, description="silence before an offset")
+
+
+class TurnConfig(_Section):
+    end_of_turn_silence_ms: int = Field(
+        500, ge=100, description="silence that ends the user's turn"
+    )
+    false_interruption_ms: int = Field(700, ge=0, description="no words within this = RESUME")
+    min_barge_in_words: int = Field(1, ge=1, description="words that make an interruption real")
+    echo_guard: bool = Field(True, description="ignore onsets that match the bot's own echo")
+    echo_guard_db: float = Field(6.0, description="mic must exceed playback echo by this much")
+
+
+class RoutingConfig(_Section):
+    policy: str = Field("default", description="routing mode: default | edge | lora")
+    prefer_resident: bool = Field(True, description="prefer workers with the model resident")
+    policy_file: Path = Field(Path("configs/routing.yaml"), description="routing policy YAML")
+
+
+class WorkerEndpoint(_Section):
+    name: str = Field(..., description="worker name")
+    addr: str = Field(..., description="host:port of its gRPC server")
+
+
+class LlmConfig(_Section):
+    kind: Literal["builtin", "openai", "push"] = Field("builtin", description="who writes replies")
+    url: str | None = Field(None, description="OpenAI-compatible base URL (…/v1)")
+    model: str | None = Field(None, description="LLM model name")
+    api_key: str | None = Field(None, description="bearer key for the LLM endpoint")
+    system_prompt: str = Field(
+        "You are a helpful voice assistant. Answer briefly, in one or two sentences.",
+        description="system prompt for LLM replies",
+    )
+    timeout_s: float = Field(30.0, gt=0, description="LLM request timeout")
+
+
+class SessionsConfig(_Section):
+    max: int = Field(32, ge=1, description="concurrent client sessions")
+    idle_timeout_s: float = Field(600.0, gt=0, description="close sessions idle this long")
+    record_dir: Path | None = Field(None, description="opt-in: store session audio here")
+
+
+class OrchestratorConfig(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    llm: LlmConfig = Field(default_factory=LlmConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    workers: list[WorkerEndpoint] = Field(
+        default_factory=lambda: [WorkerEndpoint(name="tts-worker@0", addr="127.0.0.1:7001")],
+        description="static worker list (the embedded default)",
+    )
+
+
+ENV_ALIASES: dict[str, str] = {
+    "DUPLEX_API_KEY": "auth.api_key",
+    "DUPLEX_REDIS_URL": "redis.url",
+    "DUPLEX_MODELS_DIR": "model_manager.models_dir",
+}
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(
+    model: type[C],
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build a config: defaults < YAML file < ``DUPLEX_*`` env < `overrides` (dotted keys)."""
+    env = os.environ if env is None else env
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((str(path), _read_yaml(path)))
+    layers.append(("environment", _env_layer(model, env)))
+    layers.append(("command line", _dotted_to_nested(dict(overrides or {}))))
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        merged = _merge(merged, layer)
+        _validate(model, merged, source)  # fail on the first layer that breaks it
+    return _validate(model, merged, layers[-1][0])
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def _env_layer(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, Any]:
+    dotted: dict[str, Any] = {}
+    sections = set(model.model_fields)
+    for name, value in env.items():
+        if name in ENV_ALIASES:
+            key = ENV_ALIASES[name]
+        elif name.startswith("DUPLEX_") and "__" in name:
+            key = name.removeprefix("DUPLEX_").lower().replace("__", ".")
+        else:
+            continue
+        if key.split(".", 1)[0] in sections:
+            dotted[key] = yaml.safe_load(value) if value else value
+    return _dotted_to_nested(dotted)
+
+
+def _dotted_to_nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        if value is None:
+            continue  # an unset CLI flag never overrides the file
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _validate(model: type[C], data: dict[str, Any], source: str) -> C:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None

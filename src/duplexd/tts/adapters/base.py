@@ -1,0 +1,152 @@
+"""The adapter template: the base owns lifecycle, memory accounting, resampling, framing and
+error mapping; an engine writes `_load`, `_generate` and (if it holds more than Python objects)
+`_close`.
+
+Generation is blocking and runs on a worker thread. The session pulls one *batch* of frames per
+engine chunk (`frame_batches`), so engines that stream (XTTS) and engines that return a whole
+sentence (Piper) go through one path, and a paused or stopped session simply stops pulling.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+
+from duplexd.audio.framing import Repacketizer
+from duplexd.audio.pcm import Float32Array, Int16Array
+from duplexd.audio.resample import StreamResampler
+from duplexd.errors import AdapterError, DuplexError, InvalidArgument, ModelLoadError
+from duplexd.tts.catalog import ModelMeta
+from duplexd.tts.memory import process_rss_bytes
+
+__all__ = ["FrameBatch", "TTSAdapter"]
+
+FrameBatch = list[bytes]
+
+
+class TTSAdapter(ABC):
+    """One loaded model of one engine family."""
+
+    family: ClassVar[str]
+
+    def __init__(self, meta: ModelMeta, *, device: str = "cpu", threads: int = 1) -> None:
+        self.meta = meta
+        self.device = device
+        self.threads = threads
+        self._memory_bytes = 0
+        self._loaded = False
+        self.last_rtf: float | None = None
+
+    # -- lifecycle (blocking; the Model Manager runs these off the event loop) -------------
+
+    def load(self) -> None:
+        """Load the engine and record how much memory it took."""
+        before = process_rss_bytes()
+        try:
+            self._load()
+        except DuplexError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"failed to load {self.meta.model_id!r}: {exc}") from exc
+        self._loaded = True
+        # RSS delta is what unloading can give back; never report less than zero.
+        self._memory_bytes = max(process_rss_bytes() - before, 0)
+
+    def warmup(self, text: str) -> None:
+        """Synthesize a hidden utterance so the first real request meets warm caches."""
+        for _batch in self.frame_batches(text):
+            pass
+
+    def close(self) -> None:
+        self._close()
+        self._loaded = False
+        gc.collect()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._memory_bytes
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def sample_rate(self) -> int:
+        """The engine's native output rate (the base resamples it to 48 kHz)."""
+        return self.meta.native_sr
+
+    # -- generation ---------------------------------------------------------------------
+
+    def check_request(self, voice: str | None, language: str | None) -> None:
+        """Reject a voice or language this model cannot speak (INVALID_ARGUMENT)."""
+        if voice and self.meta.voices and voice not in self.meta.voices:
+            raise InvalidArgument(
+                f"model {self.meta.model_id!r} has no voice {voice!r}",
+                hint=f"voices: {', '.join(self.meta.voices)}",
+            )
+        if language and not _language_ok(language, self.meta.languages):
+            raise InvalidArgument(
+                f"model {self.meta.model_id!r} does not speak {language!r}",
+                hint=f"languages: {', '.join(self.meta.languages)}",
+            )
+
+    def frame_batches(
+        self, text: str, voice: str | None = None, language: str | None = None
+    ) -> Iterator[FrameBatch]:
+        """Wire frames (48 kHz s16le, 20 ms), one batch per engine chunk; the last is padded."""
+        resampler = StreamResampler(self.sample_rate)
+        framer = Repacketizer()
+        started, audio_s = time.perf_counter(), 0.0
+        for chunk in self._guarded(text, voice, language):
+            audio_s += len(chunk) / self.sample_rate
+            frames = framer.push(resampler.process(chunk))
+            if frames:
+                yield frames
+        tail = framer.push(resampler.flush())
+        last = framer.flush()
+        if last is not None:
+            tail.append(last)
+        if tail:
+            yield tail
+        if audio_s > 0:
+            self.last_rtf = (time.perf_counter() - started) / audio_s
+
+    def _guarded(
+        self, text: str, voice: str | None, language: str | None
+    ) -> Iterator[Float32Array | Int16Array]:
+        try:
+            for chunk in self._generate(text, voice or self.meta.default_voice, language):
+                if chunk.size:
+                    yield chunk
+        except DuplexError:
+            raise
+        except Exception as exc:
+            raise AdapterError(f"{self.meta.model_id}: synthesis failed: {exc}") from exc
+
+    # -- what an engine implements -------------------------------------------------------
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _generate(
+        self, text: str, voice: str | None, language: str | None
+    ) -> Iterator[Float32Array | Int16Array]:
+        """Yield mono audio chunks at `sample_rate` (float32 in [-1, 1] or int16)."""
+
+    def _close(self) -> None:  # noqa: B027  # engines with no native resources need nothing
+        """Drop references to the engine so its memory can be returned."""
+
+
+def _language_ok(language: str, supported: tuple[str, ...]) -> bool:
+    wanted = language.lower().replace("_", "-")
+    return any(wanted == s.lower() or wanted.split("-")[0] == s.lower() for s in supported)
+
+
+def as_float(samples: Int16Array) -> Float32Array:
+    return (samples.astype(np.float32) / 32767.0).astype(np.float32)

@@ -1,0 +1,86 @@
+"""Run a worker process: bind gRPC (+TLS, API key, health), serve metrics, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from duplexd.auth import ensure_safe_bind
+from duplexd.config import AuthConfig, WorkerConfig
+from duplexd.logging import get_logger
+from duplexd.metrics import serve_metrics
+from duplexd.rpc import tts_pb2_grpc as pb_grpc
+from duplexd.tts.server import ApiKeyInterceptor, TTSServicer
+from duplexd.tts.worker import Worker
+
+__all__ = ["run_worker", "server_credentials"]
+
+log = get_logger("duplexd.tts.app")
+_SERVICE = "duplex.tts.v1.TTS"
+
+
+def server_credentials(auth: AuthConfig) -> grpc.ServerCredentials | None:
+    if auth.tls_cert is None and auth.tls_key is None:
+        return None
+    if auth.tls_cert is None or auth.tls_key is None:
+        from duplexd.errors import ConfigError
+
+        raise ConfigError("TLS needs both auth.tls_cert and auth.tls_key")
+    ca = auth.tls_client_ca.read_bytes() if auth.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(auth.tls_key.read_bytes(), auth.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+async def run_worker(
+    config: WorkerConfig, config_file: Path | None = None, ready_file: Path | None = None
+) -> None:
+    cfg = config.worker
+    ensure_safe_bind(cfg.host, config.auth.api_key, config.auth.allow_insecure_remote)
+    worker = Worker(config, config_file)
+    await worker.start()  # default model loaded + warm before we accept a single call
+    server = aio.server(interceptors=[ApiKeyInterceptor(config.auth.api_key)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bind = f"{cfg.host}:{cfg.port}"
+    creds = server_credentials(config.auth)
+    port = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
+    addr = f"{cfg.host}:{port}"
+    pb_grpc.add_TTSServicer_to_server(TTSServicer(worker, addr), server)
+    await server.start()
+    metrics_port = serve_metrics(worker.telemetry.registry, cfg.metrics_port, cfg.host) if cfg.metrics_port else 0
+    for service in ("", _SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    _write_ready(ready_file, addr, port, metrics_port)
+    log.info("worker ready", addr=addr, metrics_port=metrics_port, name=worker.name,
+             default_model=worker.manager.default_model_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("worker draining")
+    for service in ("", _SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=5.0)
+    await worker.aclose()
+    log.info("worker stopped")
+
+
+def _write_ready(path: Path | None, addr: str, port: int, metrics_port: int) -> None:
+    """A readiness file for supervisors and tests: written atomically once serving."""
+    if path is None:
+        return
+    info = {"pid": os.getpid(), "addr": addr, "port": port, "metrics_port": metrics_port}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)

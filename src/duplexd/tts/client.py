@@ -1,0 +1,149 @@
+"""Async client for a TTS worker, shared by the orchestrator, duplexctl, bench and tests.
+
+gRPC errors come back as the same `DuplexError` subclasses the worker raised, so a CLI can
+print the worker's message and exit with the matching code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from duplexd import errors
+from duplexd.rpc import tts_pb2 as pb
+from duplexd.rpc import tts_pb2_grpc as pb_grpc
+
+__all__ = ["TTSClient", "error_from_rpc", "text_stream"]
+
+_BY_STATUS: dict[grpc.StatusCode, type[errors.DuplexError]] = {
+    grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthError,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.UNAVAILABLE: errors.DaemonUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DaemonUnavailable,
+}
+
+
+def error_from_rpc(exc: aio.AioRpcError, addr: str = "") -> errors.DuplexError:
+    """Turn a gRPC failure into the DuplexError the worker meant (status kept in the type)."""
+    cls = _BY_STATUS.get(exc.code(), errors.DuplexError)
+    detail = exc.details() or exc.code().name
+    if cls is errors.DaemonUnavailable:
+        return cls(f"worker {addr} unavailable: {detail}", hint="is it running? `duplexctl status`")
+    err = cls(detail)
+    err.status = exc.code().name
+    return err
+
+
+class TTSClient:
+    """One channel to one worker. Use as `async with TTSClient(addr) as c:`."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.addr = addr.removeprefix("grpc://")
+        self.timeout_s = timeout_s
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.enable_retries", 0)]
+        self.channel = (
+            aio.secure_channel(self.addr, credentials, options=options)
+            if credentials
+            else aio.insecure_channel(self.addr, options=options)
+        )
+        self.stub = pb_grpc.TTSStub(self.channel)
+
+    async def __aenter__(self) -> TTSClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(
+                request, metadata=self._metadata, timeout=timeout or self.timeout_s
+            )
+        except aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.addr) from None
+
+    async def start_session(
+        self, model_id: str = "", voice: str = "", language: str = "", session_id: str = ""
+    ) -> pb.StartSessionResp:
+        req = pb.StartSessionReq(
+            model_id=model_id, voice=voice, language=language, session_id=session_id
+        )
+        return await self._call(self.stub.StartSession, req, timeout=max(self.timeout_s, 120.0))  # type: ignore[no-any-return]
+
+    def synthesize_call(
+        self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
+    ) -> aio.StreamStreamCall[pb.TextChunk, pb.AudioFrame]:
+        """The raw bidi call, for callers that need to cancel it (barge-in, bench)."""
+        return self.stub.Synthesize(chunks, metadata=self._metadata)  # type: ignore[arg-type]
+
+    async def synthesize(
+        self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
+    ) -> AsyncIterator[pb.AudioFrame]:
+        call = self.synthesize_call(chunks)
+        try:
+            async for frame in call:
+                yield frame
+        except aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.addr) from None
+        finally:
+            call.cancel()
+
+    async def say(self, session_id: str, text: str) -> AsyncIterator[pb.AudioFrame]:
+        """Speak one complete text (is_final) and stream its frames."""
+        async for frame in self.synthesize(text_stream(session_id, [text])):
+            yield frame
+
+    async def control(self, session_id: str, command: int) -> pb.ControlResp:
+        req = pb.ControlReq(session_id=session_id, command=command)  # type: ignore[arg-type]
+        return await self._call(self.stub.Control, req)  # type: ignore[no-any-return]
+
+    async def end_session(self, session_id: str) -> pb.EndSessionResp:
+        return await self._call(self.stub.EndSession, pb.EndSessionReq(session_id=session_id))  # type: ignore[no-any-return]
+
+    async def list_models(self) -> pb.ListModelsResp:
+        return await self._call(self.stub.ListModels, pb.ListModelsReq())  # type: ignore[no-any-return]
+
+    async def load_model(self, model_id: str, *, pin: bool = False, unpin: bool = False) -> pb.LoadModelResp:
+        req = pb.LoadModelReq(model_id=model_id, pin=pin, unpin=unpin)
+        return await self._call(self.stub.LoadModel, req, timeout=max(self.timeout_s, 300.0))  # type: ignore[no-any-return]
+
+    async def unload_model(self, model_id: str, *, force: bool = False) -> pb.UnloadModelResp:
+        req = pb.UnloadModelReq(model_id=model_id, force=force)
+        return await self._call(self.stub.UnloadModel, req)  # type: ignore[no-any-return]
+
+    async def capabilities(self, timeout: float | None = None) -> pb.GetCapResp:
+        return await self._call(self.stub.GetCapabilities, pb.GetCapReq(), timeout=timeout)  # type: ignore[no-any-return]
+
+
+async def text_stream(
+    session_id: str, parts: AsyncIterable[str] | Iterable[str], *, final: bool = True
+) -> AsyncIterator[pb.TextChunk]:
+    """TextChunks from text pieces; the last chunk carries is_final."""
+    if isinstance(parts, AsyncIterable):
+        async for part in parts:
+            yield pb.TextChunk(session_id=session_id, text=part)
+    else:
+        for part in parts:
+            yield pb.TextChunk(session_id=session_id, text=part)
+    if final:
+        yield pb.TextChunk(session_id=session_id, text="", is_final=True)

@@ -1,0 +1,289 @@
+"""The gRPC edge of the worker: protobuf <-> domain, DuplexError -> status code, API key."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from duplexd import __version__
+from duplexd.auth import check_key, key_from_metadata
+from duplexd.errors import DuplexError, InvalidArgument
+from duplexd.logging import get_logger, session_context
+from duplexd.rpc import tts_pb2 as pb
+from duplexd.rpc import tts_pb2_grpc as pb_grpc
+from duplexd.tts.manager import ModelStatus
+from duplexd.tts.session import TextIn
+from duplexd.tts.worker import Worker
+
+__all__ = ["ApiKeyInterceptor", "TTSServicer", "model_info"]
+
+log = get_logger("duplexd.tts.server")
+R = TypeVar("R")
+
+_STATES = {
+    "not_loaded": pb.NOT_LOADED,
+    "loading": pb.LOADING,
+    "resident": pb.RESIDENT,
+    "unloading": pb.UNLOADING,
+    "unavailable": pb.UNAVAILABLE,
+}
+
+
+def model_info(s: ModelStatus) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        id=s.model_id,
+        family=s.family,
+        state=_STATES[s.state],
+        resident=s.state == "resident",
+        pinned=s.pinned,
+        is_default=s.is_default,
+        refcount=s.refcount,
+        last_used_unix=s.last_used_unix or 0.0,
+        ttl_remaining_ms=-1 if s.ttl_remaining_ms is None else s.ttl_remaining_ms,
+        memory_bytes=s.memory_bytes,
+        estimated_memory_bytes=s.estimated_memory_bytes,
+        load_ms=s.load_ms or 0.0,
+        tags=list(s.tags),
+        languages=list(s.languages),
+        native_sr=s.native_sr,
+        device=s.device,
+        unavailable_reason=s.unavailable_reason or "",
+        loaded_unix=s.loaded_unix or 0.0,
+    )
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], exc: DuplexError) -> None:
+    await context.abort(grpc.StatusCode[exc.status], str(exc))
+
+
+def _unary(
+    fn: Callable[[Any, Any, aio.ServicerContext[Any, Any]], Awaitable[R]],
+) -> Callable[[Any, Any, aio.ServicerContext[Any, Any]], Awaitable[R]]:
+    """Map DuplexError to its status; anything else is a bug: log it, answer INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await fn(self, request, context)
+        except DuplexError as exc:
+            await _abort(context, exc)
+        except (asyncio.CancelledError, aio.AbortError):
+            raise
+        except Exception as exc:
+            log.exception("rpc failed", rpc=fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+class TTSServicer(pb_grpc.TTSServicer):
+    def __init__(self, worker: Worker, addr: str = "") -> None:
+        self.worker = worker
+        self.addr = addr
+
+    @_unary
+    async def StartSession(
+        self, request: pb.StartSessionReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.StartSessionResp:
+        session = await self.worker.start_session(
+            request.model_id, request.voice, request.language, request.session_id
+        )
+        return pb.StartSessionResp(
+            session_id=session.id,
+            model_id=session.model_id,
+            sample_rate=48000,
+            frame_ms=20,
+            worker_name=self.worker.name,
+        )
+
+    async def Synthesize(
+        self, request_iterator: AsyncIterator[pb.TextChunk], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.AudioFrame]:
+        try:
+            first = await anext(request_iterator, None)
+            if first is None or not first.session_id:
+                raise InvalidArgument("the first TextChunk must carry session_id")
+            session = self.worker.session(first.session_id)
+            utterance = session.begin(self.worker.config.worker, self.worker.executor)
+            with session_context(session.id):
+                async for frame in utterance.run(_text_in(first), _texts(request_iterator)):
+                    yield pb.AudioFrame(
+                        pcm=frame.pcm,
+                        sample_rate=frame.sample_rate,
+                        frame_ms=frame.frame_ms,
+                        seq=frame.seq,
+                        unit=frame.unit,
+                        unit_text=frame.unit_text,
+                        is_last=frame.is_last,
+                    )
+            session.touch()
+            self.worker.telemetry.utterance_done(
+                session.model_id, utterance.stats, utterance.adapter.last_rtf
+            )
+        except DuplexError as exc:
+            await _abort(context, exc)
+
+    @_unary
+    async def Control(
+        self, request: pb.ControlReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ControlResp:
+        name = pb.Command.Name(request.command)
+        self.worker.telemetry.c_control.labels(name).inc()
+        if request.command == pb.RELOAD:
+            count = self.worker.reload()
+            return pb.ControlResp(ok=True, state="reloaded", detail=f"{count} models in catalog")
+        received = time.perf_counter()
+        session = self.worker.session(request.session_id)
+        utt = session.utterance
+        active = utt is not None and not utt.done
+        if request.command == pb.PAUSE and utt is not None and active:
+            utt.pause()
+            self.worker.telemetry.h_pause.observe((time.perf_counter() - received) * 1000)
+        elif request.command == pb.RESUME and utt is not None and active:
+            utt.resume()
+        elif request.command == pb.STOP and utt is not None and active:
+            utt.stop()
+        elif request.command not in (pb.PAUSE, pb.RESUME, pb.STOP):
+            raise InvalidArgument(f"unknown control command {request.command}")
+        return pb.ControlResp(
+            ok=True,
+            state=session.state,
+            last_seq=session.last_seq_sent or 0,
+            acked_unix=time.time(),
+            detail="" if active else "no utterance in progress",
+        )
+
+    @_unary
+    async def EndSession(
+        self, request: pb.EndSessionReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.EndSessionResp:
+        self.worker.end_session(request.session_id)
+        return pb.EndSessionResp(ok=True)
+
+    @_unary
+    async def ListModels(
+        self, request: pb.ListModelsReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.ListModelsResp:
+        models = [model_info(s) for s in self.worker.manager.list()]
+        return pb.ListModelsResp(models=models, worker_name=self.worker.name)
+
+    @_unary
+    async def LoadModel(
+        self, request: pb.LoadModelReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.LoadModelResp:
+        manager = self.worker.manager
+        if request.unpin:
+            return pb.LoadModelResp(
+                model=model_info(manager.set_pinned(request.model_id, False)), already_resident=True
+            )
+        result = await manager.load(request.model_id, pin=request.pin)
+        return pb.LoadModelResp(
+            model=model_info(result.status),
+            already_resident=result.already_resident,
+            load_ms=result.load_ms,
+            evicted=result.evicted,
+        )
+
+    @_unary
+    async def UnloadModel(
+        self, request: pb.UnloadModelReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.UnloadModelResp:
+        freed = await self.worker.manager.unload(request.model_id, force=request.force)
+        return pb.UnloadModelResp(ok=True, freed_bytes=freed)
+
+    @_unary
+    async def GetCapabilities(
+        self, request: pb.GetCapReq, context: aio.ServicerContext[Any, Any]
+    ) -> pb.GetCapResp:
+        return capabilities(self.worker, self.addr)
+
+
+def capabilities(worker: Worker, addr: str) -> pb.GetCapResp:
+    metas = list(worker.catalog)
+    hw = worker.hardware()
+    t = worker.telemetry
+    return pb.GetCapResp(
+        worker_name=worker.name,
+        capabilities=pb.Capabilities(
+            streaming=True,
+            zero_shot=any("zero_shot" in m.tags for m in metas),
+            lora=any(m.supports_lora for m in metas),
+            cpu_ok=any(m.cpu_ok for m in metas),
+            languages=sorted({lang for m in metas for lang in m.languages}),
+            emotive_zero_prompt=any("expressive" in m.tags for m in metas),
+            families=sorted({m.family for m in metas}),
+        ),
+        audio=pb.AudioSpec(sr=48000, frame_ms=20),
+        hardware=pb.Hardware(
+            gpu=bool(hw["gpu"]),
+            device=str(hw["device"]),
+            ram_total_bytes=int(hw["ram_total_bytes"]),
+            ram_available_bytes=int(hw["ram_available_bytes"]),
+            process_rss_bytes=int(hw["process_rss_bytes"]),
+            cpu_count=int(hw["cpu_count"]),
+        ),
+        resident_models=worker.manager.resident_ids(),
+        metrics=pb.WorkerMetrics(
+            rtf=t.mean_rtf,
+            queue_depth=worker.queue_depth(),
+            fal_p50_ms=t.fal.p(50),
+            fal_p95_ms=t.fal.p(95),
+            active_sessions=len(worker.sessions),
+            frames_sent=t.frames_sent,
+            late_frames=t.late_frames,
+            jitter_p95_ms=t.gaps.p(95),
+        ),
+        version=__version__,
+        started_unix=worker.started_unix,
+        addr=addr,
+    )
+
+
+def _text_in(chunk: pb.TextChunk) -> TextIn:
+    return TextIn(chunk.session_id, chunk.text, chunk.is_final)
+
+
+async def _texts(requests: AsyncIterator[pb.TextChunk]) -> AsyncIterator[TextIn]:
+    async for chunk in requests:
+        yield _text_in(chunk)
+
+
+class ApiKeyInterceptor(aio.ServerInterceptor):
+    """Every RPC must present the key when one is configured (UNAUTHENTICATED otherwise)."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.api_key = api_key
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if self.api_key is None or handler_call_details.method.startswith("/grpc.health"):
+            return handler
+        try:
+            check_key(self.api_key, key_from_metadata(handler_call_details.invocation_metadata or ()))
+        except DuplexError as exc:
+            return _deny(handler, str(exc))
+        return handler
+
+
+def _deny(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield None  # pragma: no cover  # abort raises; this makes the function a generator
+
+    if handler.request_streaming or handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream)
+    return grpc.unary_unary_rpc_method_handler(unary)

@@ -1,0 +1,213 @@
+"""The TTS worker process: config, catalog, Model Manager, sessions, gRPC server, metrics.
+
+`Worker` is the domain object (what the RPCs do); `duplexd.tts.server` is the thin gRPC edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+
+from duplexd.config import WorkerConfig, load_config, repo_root
+from duplexd.errors import BusyError, FailedPrecondition, SessionNotFound
+from duplexd.logging import get_logger
+from duplexd.tts.adapters.base import TTSAdapter
+from duplexd.tts.adapters.registry import adapter_class
+from duplexd.tts.catalog import Catalog, ModelMeta
+from duplexd.tts.manager import ModelManager
+from duplexd.tts.memory import process_rss_bytes
+from duplexd.tts.session import WorkerSession, new_session_id
+from duplexd.tts.telemetry import WorkerTelemetry
+
+__all__ = ["Worker", "resolve_path"]
+
+log = get_logger("duplexd.tts.worker")
+
+
+def resolve_path(path: Path, config_file: Path | None) -> Path:
+    """Relative paths in a config are relative to the checkout root, like the samples."""
+    if path.is_absolute():
+        return path
+    for base in (Path.cwd(), repo_root(), config_file.parent.parent if config_file else None):
+        if base is not None and (base / path).exists():
+            return base / path
+    return path
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, config_file: Path | None = None) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.name = config.worker.name
+        self.telemetry = WorkerTelemetry()
+        self.executor = ThreadPoolExecutor(
+            config.worker.synth_threads, thread_name_prefix="tts-synth"
+        )
+        self.catalog = self._read_catalog()
+        self.manager = ModelManager(
+            self.catalog, config.model_manager, self._load_model, device=self._device()
+        )
+        self.manager.subscribe(self._on_model_event)
+        self.sessions: dict[str, WorkerSession] = {}
+        self.started_unix = time.time()
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.manager.start()
+        self._reaper = asyncio.create_task(self._reap_idle_sessions(), name="tts-session-reaper")
+        self._refresh_gauges()
+
+    async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for session in list(self.sessions.values()):
+            self.end_session(session.id)
+        await self.manager.aclose()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def start_session(
+        self, model_id: str, voice: str, language: str, session_id: str
+    ) -> WorkerSession:
+        model_id = model_id or self.manager.default_model_id
+        if session_id and (existing := self.sessions.get(session_id)) is not None:
+            if existing.model_id != model_id:
+                raise FailedPrecondition(
+                    f"session {session_id} uses {existing.model_id}; models cannot be switched "
+                    "inside a session",
+                    hint="end the session and start a new one with the other model",
+                )
+            return existing
+        if len(self.sessions) >= self.config.worker.max_sessions:
+            raise BusyError(
+                f"worker {self.name} is at max_sessions={self.config.worker.max_sessions}",
+                hint="try another worker or raise worker.max_sessions",
+            )
+        lease = await self.manager.acquire(model_id)
+        try:
+            adapter = lease.handle
+            assert isinstance(adapter, TTSAdapter)
+            adapter.check_request(voice or None, language or None)
+        except BaseException:
+            lease.release()
+            raise
+        session = WorkerSession(session_id or new_session_id(), lease, voice or None, language or None)
+        self.sessions[session.id] = session
+        self._refresh_gauges()
+        log.info("session started", session_id=session.id, model=model_id)
+        return session
+
+    def session(self, session_id: str) -> WorkerSession:
+        try:
+            session = self.sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(f"no session {session_id!r} on worker {self.name}") from None
+        session.touch()
+        return session
+
+    def end_session(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id!r} on worker {self.name}")
+        session.close()
+        self._refresh_gauges()
+        log.info("session ended", session_id=session_id)
+
+    async def _reap_idle_sessions(self) -> None:
+        timeout = self.config.worker.session_idle_timeout_s
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.state == "idle" and now - session.last_activity > timeout:
+                    log.info("session idle timeout", session_id=session.id)
+                    self.end_session(session.id)
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def reload(self) -> int:
+        """Re-read config, catalog and voicepacks; sessions keep their leases."""
+        if self.config_file is not None:
+            fresh = load_config(WorkerConfig, self.config_file)
+            self.config.worker = fresh.worker.model_copy(
+                update={"host": self.config.worker.host, "port": self.config.worker.port}
+            )
+        self.catalog = self._read_catalog()
+        self.manager.replace_catalog(self.catalog)
+        log.info("reloaded", models=len(self.catalog))
+        return len(self.catalog)
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        return sum(
+            s.utterance.queue_depth for s in self.sessions.values() if s.utterance and not s.utterance.done
+        )
+
+    def hardware(self) -> dict[str, float | int | bool | str]:
+        vm = psutil.virtual_memory()
+        return {
+            "gpu": self._device().startswith("cuda"),
+            "device": self._device(),
+            "ram_total_bytes": vm.total,
+            "ram_available_bytes": vm.available,
+            "process_rss_bytes": process_rss_bytes(),
+            "cpu_count": os.cpu_count() or 1,
+        }
+
+    def _refresh_gauges(self) -> None:
+        t = self.telemetry
+        t.g_sessions.set(len(self.sessions))
+        t.g_resident.set(len(self.manager.resident_ids()))
+        t.g_rss.set(process_rss_bytes())
+        t.g_queue.set(self.queue_depth())
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _device(self) -> str:
+        device = self.config.worker.device
+        if device == "auto":
+            return "cuda:0" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+        return device
+
+    def _read_catalog(self) -> Catalog:
+        mm = self.config.model_manager
+        return Catalog.load(
+            resolve_path(mm.catalog, self.config_file),
+            resolve_path(mm.voicepacks_dir, self.config_file),
+            mm.models_dir,
+        )
+
+    def _load_model(self, meta: ModelMeta) -> TTSAdapter:
+        """The Model Manager's LoadFn: import the family, load, warm up (blocking)."""
+        only = self.config.worker.adapter
+        if only and meta.family != only:
+            raise FailedPrecondition(f"worker {self.name} serves only the {only!r} family")
+        adapter = adapter_class(meta.family)(
+            meta, device=self._device(), threads=self.config.worker.synth_threads
+        )
+        adapter.load()
+        adapter.warmup(self.config.model_manager.warmup_text)
+        return adapter
+
+    def _on_model_event(self, event: str, model_id: str) -> None:
+        log.info("model event", event=event, model=model_id)
+        status = self.manager.status(model_id) if model_id in self.catalog else None
+        if event == "loaded" and status is not None:
+            if status.load_ms is not None:
+                self.telemetry.h_load.labels(model_id).observe(status.load_ms)
+            self.telemetry.g_model_mem.labels(model_id).set(status.memory_bytes)
+        if event in ("unloaded", "evicted"):
+            self.telemetry.g_model_mem.labels(model_id).set(0)
+        self._refresh_gauges()

