@@ -35,6 +35,11 @@ ReadyFile = Annotated[
 ]
 
 
+@app.callback()
+def _root() -> None:
+    """duplex daemons: the streaming TTS worker and the voice orchestrator."""
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
 
@@ -109,7 +114,11 @@ def worker(
     from duplexd.logging import configure_logging
 
     configure_logging(log_level.upper(), process="worker")
-    _run(lambda: _worker_main(load_config(WorkerConfig, config, overrides=overrides), config, ready_file))
+    _run(
+        lambda: _worker_main(
+            load_config(WorkerConfig, config, overrides=overrides), config, ready_file
+        )
+    )
 
 
 async def _worker_main(cfg: Any, config_file: Path | None, ready_file: Path | None) -> None:

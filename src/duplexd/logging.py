@@ -42,8 +42,9 @@ def configure_logging(
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger; `name` shows as ``logger`` in each line."""
-    return structlog.get_logger(logger=name)
+    """A structlog logger; `name` shows as ``logger`` in each line (bound lazily, so
+    loggers made at import time follow `configure_logging` called later)."""
+    return structlog.get_logger().bind(logger=name)
 
 
 def bind_session(session_id: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duplexd.asr import ENGINES, StreamingTranscriber, Transcript, create_asr
+from duplexd.asr import ENGINES, StreamingTranscriber, create_asr
 from duplexd.asr.faster_whisper import (
     FasterWhisperASR,
     assemble_split_model,
@@ -70,23 +70,20 @@ async def feed_frames(st: StreamingTranscriber, pcm: np.ndarray, pace_s: float) 
 async def test_streaming_gives_partials_then_the_final(asr: FasterWhisperASR) -> None:
     pcm = said(LONG_SENTENCE)
     assert len(pcm) / 16000 > 3.0
-    partials: list[Transcript] = []
-
-    async def read_partials(queue: asyncio.Queue[Transcript]) -> None:
-        while True:
-            partials.append(await queue.get())
-
+    half = len(pcm) // 2 // FRAME * FRAME
     async with StreamingTranscriber(asr, partial_interval_ms=500) as st:
-        reader = asyncio.create_task(read_partials(st.partials))
-        await feed_frames(st, pcm, pace_s=0.005)  # 4x real time
+        await feed_frames(st, pcm[:half], pace_s=0.005)  # 4x real time
+        # Waiting here (not racing the end of the utterance) keeps this exact on slow CI.
+        partial = await asyncio.wait_for(st.partials.get(), timeout=30)
+        await feed_frames(st, pcm[half:], pace_s=0.005)
         final = await st.finalize()
-        reader.cancel()
-    assert len(partials) >= 1
-    assert all(not p.is_final and p.audio_ms < final.audio_ms for p in partials)
+    assert not partial.is_final
+    assert partial.text
+    assert 500 <= partial.audio_ms < final.audio_ms
     assert final.is_final
     assert final.audio_ms == pytest.approx(len(pcm) / 16)
     assert word_error_rate(LONG_SENTENCE, final.text) <= 0.25, final.text
-    assert st.decodes >= len(partials) + 1
+    assert st.decodes >= 2
 
 
 @pytest.mark.asyncio
@@ -176,7 +173,7 @@ def test_base_without_its_packages_names_them(tmp_path: Path) -> None:
 def test_unknown_model_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match=r"unknown faster-whisper model 'huge'.*tiny\.en"):
         FasterWhisperASR("huge")
-    with pytest.raises(ModelNotFound, match="no model.bin"):
+    with pytest.raises(ModelNotFound, match=r"no model\.bin"):
         resolve_model(str(tmp_path))
 
 
@@ -199,8 +196,9 @@ def test_split_model_is_assembled_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in dest.parent.iterdir()) == ["base"]  # no temp dirs left
 
 
-@pytest.mark.skipif(importlib.util.find_spec("whisper") is not None,
-                    reason="openai-whisper is installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("whisper") is not None, reason="openai-whisper is installed"
+)
 def test_openai_whisper_missing_names_the_extra() -> None:
     with pytest.raises(FailedPrecondition, match=r"uv sync --extra ml") as err:
         create_asr("openai-whisper", "/models/small.pt")
@@ -225,3 +223,14 @@ def test_unknown_engine_names_the_valid_ones() -> None:
 )
 def test_word_error_rate(ref: str, hyp: str, wer: float) -> None:
     assert word_error_rate(ref, hyp) == pytest.approx(wer)
+
+
+@pytest.mark.asyncio
+async def test_reset_while_committing_is_reported(asr: FasterWhisperASR) -> None:
+    async with StreamingTranscriber(asr, partial_interval_ms=None) as st:
+        st.feed(said(SENTENCE))
+        commit = asyncio.create_task(st.commit())
+        await asyncio.sleep(0)  # commit() is now waiting for the decode
+        st.reset()
+        with pytest.raises(RuntimeError, match="interrupted"):
+            await commit

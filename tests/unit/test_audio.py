@@ -67,7 +67,9 @@ def test_streaming_resampler_matches_one_shot(rate: int, cuts: list[int]) -> Non
     x = _tone(rate)
     points = sorted({c for c in cuts if 0 < c < len(x)})
     resampler = StreamResampler(rate)
-    parts = [resampler.process(x[a:b]) for a, b in zip([0, *points], [*points, len(x)], strict=True)]
+    parts = [
+        resampler.process(x[a:b]) for a, b in zip([0, *points], [*points, len(x)], strict=True)
+    ]
     out = np.concatenate([*parts, resampler.flush()]).astype(np.int32)
     ref = resample_once(x, rate).astype(np.int32)
     assert abs(len(out) - len(ref)) <= 1  # no drift: lengths agree within rounding
@@ -78,7 +80,9 @@ def test_streaming_resampler_matches_one_shot(rate: int, cuts: list[int]) -> Non
 def test_resampler_has_no_clicks_at_chunk_boundaries() -> None:
     x = _tone(22_050, 1.0)
     resampler = StreamResampler(22_050)
-    out = np.concatenate([resampler.process(c) for c in np.array_split(x, 37)] + [resampler.flush()])
+    out = np.concatenate(
+        [resampler.process(c) for c in np.array_split(x, 37)] + [resampler.flush()]
+    )
     step = np.abs(np.diff(out.astype(np.int32)))
     # a 440 Hz tone at half scale moves at most ~950 per sample at 48 kHz; a click is far more
     assert step.max() < 1200

@@ -24,7 +24,9 @@ def test_precedence_yaml_env_cli(tmp_path: Path) -> None:
     f = tmp_path / "w.yaml"
     f.write_text("model_manager:\n  ttl_ms: 1000\n  resident_cap: 5\nworker:\n  port: 7100\n")
     env = {"DUPLEX_MODEL_MANAGER__TTL_MS": "2000", "DUPLEX_WORKER__PORT": "7200"}
-    cfg = load_config(WorkerConfig, f, env=env, overrides={"worker.port": 7300, "worker.name": None})
+    cfg = load_config(
+        WorkerConfig, f, env=env, overrides={"worker.port": 7300, "worker.name": None}
+    )
     assert cfg.model_manager.resident_cap == 5  # YAML
     assert cfg.model_manager.ttl_ms == 2000  # env beats YAML
     assert cfg.worker.port == 7300  # CLI beats env
@@ -52,9 +54,9 @@ def test_errors_name_file_and_key(tmp_path: Path) -> None:
     f.write_text("model_manager:\n  ttl_msec: 5\n")  # a typo is an error, not a silent default
     with pytest.raises(ConfigError, match=r"model_manager\.ttl_msec: Extra inputs"):
         load_config(WorkerConfig, f, env={})
-    with pytest.raises(ConfigError, match="environment: worker.port"):
+    with pytest.raises(ConfigError, match=r"environment: worker\.port"):
         load_config(WorkerConfig, env={"DUPLEX_WORKER__PORT": "-1"})
-    with pytest.raises(ConfigError, match="command line: vad.aggressiveness"):
+    with pytest.raises(ConfigError, match=r"command line: vad\.aggressiveness"):
         load_config(OrchestratorConfig, env={}, overrides={"vad.aggressiveness": 7})
 
 

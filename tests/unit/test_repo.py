@@ -11,8 +11,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_grpc_code_is_fresh(tmp_path: Path) -> None:
-    subprocess.run(["bash", "scripts/gen_proto.sh", str(tmp_path)], cwd=ROOT, check=True,
-                   env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"})
+    subprocess.run(
+        ["bash", "scripts/gen_proto.sh", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
+    )
     rpc = ROOT / "src/duplexd/rpc"
     for name in ("tts_pb2.py", "tts_pb2.pyi", "tts_pb2_grpc.py", "tts_pb2_grpc.pyi"):
         fresh = (tmp_path / "duplexd/rpc" / name).read_text()
@@ -34,6 +38,8 @@ def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_second() -> None
 
 
 def test_no_weights_or_audio_committed() -> None:
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     bad = [f for f in tracked.splitlines() if f.endswith((".onnx", ".bin", ".pth", ".wav"))]
     assert not bad, f"weights/audio must not be committed: {bad}"

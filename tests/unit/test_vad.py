@@ -7,6 +7,7 @@ start and end of speech are known to the sample and the assertions can be about 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -42,8 +43,13 @@ def utterance() -> tuple[np.ndarray, float]:
 
 @functools.cache
 def two_phrases(gap_ms: int) -> np.ndarray:
-    return concat(silence(LEAD_MS), speech("hello there"), silence(gap_ms),
-                  speech("how are you"), silence(1000))
+    return concat(
+        silence(LEAD_MS),
+        speech("hello there"),
+        silence(gap_ms),
+        speech("how are you"),
+        silence(1000),
+    )
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -88,7 +94,7 @@ def test_speaking_is_true_between_onset_and_offset(engine: str) -> None:
 # A burst each engine hears as speech, but that is too short to be speech. WebRTC VAD keeps
 # saying "speech" for ~80-100 ms after any loud frame (its own internal hangover), so a
 # 20 ms noise click looks like 100 ms of speech to it and min_speech_ms must exceed that.
-BURSTS = {
+BURSTS: dict[str, tuple[Callable[[], np.ndarray], int]] = {
     "silero": (lambda: speech("yes")[1600 : 1600 + ms_to_samples(40)], 60),
     "webrtc": (lambda: noise(20, -10, seed=1), 150),
 }

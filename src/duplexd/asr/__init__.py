@@ -22,11 +22,11 @@ def create_asr(engine: str, model: str, **opts: Any) -> ASREngine:
     openai-whisper; `opts` go to the engine's constructor.
     """
     if engine == "faster-whisper":
-        from duplexd.asr.faster_whisper import FasterWhisperASR  # noqa: PLC0415 (only the chosen engine loads)
+        from duplexd.asr.faster_whisper import FasterWhisperASR
 
         return FasterWhisperASR(model, **opts)
     if engine == "openai-whisper":
-        from duplexd.asr.openai_whisper import OpenAIWhisperASR  # noqa: PLC0415 (only the chosen engine loads)
+        from duplexd.asr.openai_whisper import OpenAIWhisperASR
 
         return OpenAIWhisperASR(model, **opts)
     raise ValueError(f"unknown ASR engine {engine!r}: choose one of {', '.join(ENGINES)}")

@@ -25,16 +25,15 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 import numpy as np
-import numpy.typing as npt
 
-__all__ = ["SAMPLE_RATE", "ASREngine", "StreamingTranscriber", "Transcript"]
+from duplexd.audio.frames import ASR_SAMPLE_RATE
+from duplexd.audio.pcm import Float32Array, Int16Array
 
-SAMPLE_RATE = 16_000
+__all__ = ["ASREngine", "StreamingTranscriber", "Transcript"]
 
 log = logging.getLogger(__name__)
 
-PCM16 = npt.NDArray[np.int16]
-Float32 = npt.NDArray[np.float32]
+PCM16 = Int16Array
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ class ASREngine(ABC):
     and `_decode`.
     """
 
-    sample_rate: int = SAMPLE_RATE
+    sample_rate: int = ASR_SAMPLE_RATE
 
     @property
     @abstractmethod
@@ -66,7 +65,7 @@ class ASREngine(ABC):
         """Engine and model, for logs and metrics (e.g. ``faster-whisper:tiny.en``)."""
 
     @abstractmethod
-    def _decode(self, audio: Float32, prompt: str | None) -> tuple[str, str | None]:
+    def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
         """Text and language of `audio` (float32 in [-1, 1], never empty)."""
 
     def transcribe(self, pcm16: PCM16, *, prompt: str | None = None) -> Transcript:
@@ -118,6 +117,8 @@ class StreamingTranscriber:
         prompt: str | None = None,
         max_queued_partials: int = 16,
     ) -> None:
+        if partial_interval_ms is not None and partial_interval_ms <= 0:
+            raise ValueError("partial_interval_ms must be positive (None disables partials)")
         self.engine = engine
         self.partial_interval_ms = partial_interval_ms
         self.prompt = prompt
@@ -170,10 +171,18 @@ class StreamingTranscriber:
 
     async def commit(self) -> Transcript:
         """The final transcript of everything fed; re-decodes only if audio came after
-        `begin_final`. Ends the utterance: the next `feed` starts a new one."""
+        `begin_final`. Ends the utterance: the next `feed` starts a new one.
+
+        Raises RuntimeError if `reset()` or `cancel()` abandons the decode it waits for.
+        """
         self.begin_final()
         while (final := self._final) is not None:
-            transcript = await final.task
+            # wait() rather than await: cancelling our caller must not cancel the decode,
+            # and a decode cancelled by reset()/cancel() must not look like our cancellation.
+            await asyncio.wait({final.task})
+            if final.task.cancelled():
+                raise RuntimeError("commit() interrupted: the utterance was reset or cancelled")
+            transcript = final.task.result()
             if final.samples == self._total:
                 self._reset_utterance()
                 return replace(transcript, is_final=True)

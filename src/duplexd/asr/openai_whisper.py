@@ -11,7 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from duplexd.asr.base import ASREngine, Float32
+from duplexd.asr.base import ASREngine
+from duplexd.audio.pcm import Float32Array
 from duplexd.errors import FailedPrecondition, ModelLoadError, ModelNotFound
 
 __all__ = ["MISSING_PACKAGE", "OpenAIWhisperASR"]
@@ -23,7 +24,7 @@ MISSING_PACKAGE = (
 
 def _import_whisper() -> ModuleType:
     try:
-        import whisper  # noqa: PLC0415 (optional torch extra: import only when used)
+        import whisper
     except ImportError:
         raise FailedPrecondition(MISSING_PACKAGE) from None
     module: ModuleType = whisper
@@ -50,9 +51,14 @@ class OpenAIWhisperASR(ASREngine):
     def name(self) -> str:
         return f"openai-whisper:{self.checkpoint.stem}"
 
-    def _decode(self, audio: Float32, prompt: str | None) -> tuple[str, str | None]:
+    def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
         result = self._model.transcribe(
-            audio, language=self.language, fp16=self.device != "cpu", temperature=0.0,
-            initial_prompt=prompt, condition_on_previous_text=False, without_timestamps=True,
+            audio,
+            language=self.language,
+            fp16=self.device != "cpu",
+            temperature=0.0,
+            initial_prompt=prompt,
+            condition_on_previous_text=False,
+            without_timestamps=True,
         )
         return str(result["text"]), result.get("language") or self.language

@@ -21,6 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from duplexd.audio.frames import ASR_SAMPLE_RATE
+from duplexd.audio.pcm import Int16Array
+
 __all__ = [
     "SAMPLE_RATE",
     "add_noise",
@@ -33,9 +36,9 @@ __all__ = [
     "word_error_rate",
 ]
 
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = ASR_SAMPLE_RATE
 
-PCM16 = npt.NDArray[np.int16]
+PCM16 = Int16Array
 
 # Below this absolute amplitude espeak's output is its own leading/trailing digital near-silence.
 _TRIM_LEVEL = 64
@@ -51,8 +54,9 @@ def silence(ms: float) -> PCM16:
     return np.zeros(ms_to_samples(ms), dtype=np.int16)
 
 
-def speech(text: str, *, voice: str = "en-us", words_per_minute: int = 160,
-           trim: bool = True) -> PCM16:
+def speech(
+    text: str, *, voice: str = "en-us", words_per_minute: int = 160, trim: bool = True
+) -> PCM16:
     """Speak `text` with espeak-ng and return it at 16 kHz.
 
     With `trim` (the default) the synthesizer's own leading and trailing near-silence is cut,

@@ -57,12 +57,21 @@ async def run_worker(
     addr = f"{cfg.host}:{port}"
     pb_grpc.add_TTSServicer_to_server(TTSServicer(worker, addr), server)
     await server.start()
-    metrics_port = serve_metrics(worker.telemetry.registry, cfg.metrics_port, cfg.host) if cfg.metrics_port else 0
+    metrics_port = (
+        serve_metrics(worker.telemetry.registry, cfg.metrics_port, cfg.host)
+        if cfg.metrics_port
+        else 0
+    )
     for service in ("", _SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     _write_ready(ready_file, addr, port, metrics_port)
-    log.info("worker ready", addr=addr, metrics_port=metrics_port, name=worker.name,
-             default_model=worker.manager.default_model_id)
+    log.info(
+        "worker ready",
+        addr=addr,
+        metrics_port=metrics_port,
+        name=worker.name,
+        default_model=worker.manager.default_model_id,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

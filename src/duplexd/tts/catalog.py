@@ -48,7 +48,7 @@ class ModelMeta(BaseModel):
     weights: str | None = None
     source: str | None = Field(None, description="where `duplexctl models pull` fetches from")
     options: dict[str, Any] = Field(default_factory=dict)
-    base_dir: Path = Field(Path("."), description="the voicepack folder (set by discovery)")
+    base_dir: Path = Field(Path(), description="the voicepack folder (set by discovery)")
     models_dir: Path | None = None
 
     @property

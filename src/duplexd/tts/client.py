@@ -74,10 +74,10 @@ class TTSClient:
     async def aclose(self) -> None:
         await self.channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    async def _call(self, method: Any, request: Any, deadline_s: float | None = None) -> Any:
         try:
             return await method(
-                request, metadata=self._metadata, timeout=timeout or self.timeout_s
+                request, metadata=self._metadata, timeout=deadline_s or self.timeout_s
             )
         except aio.AioRpcError as exc:
             raise error_from_rpc(exc, self.addr) from None
@@ -88,7 +88,7 @@ class TTSClient:
         req = pb.StartSessionReq(
             model_id=model_id, voice=voice, language=language, session_id=session_id
         )
-        return await self._call(self.stub.StartSession, req, timeout=max(self.timeout_s, 120.0))  # type: ignore[no-any-return]
+        return await self._call(self.stub.StartSession, req, deadline_s=max(self.timeout_s, 120.0))  # type: ignore[no-any-return]
 
     def synthesize_call(
         self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
@@ -123,16 +123,21 @@ class TTSClient:
     async def list_models(self) -> pb.ListModelsResp:
         return await self._call(self.stub.ListModels, pb.ListModelsReq())  # type: ignore[no-any-return]
 
-    async def load_model(self, model_id: str, *, pin: bool = False, unpin: bool = False) -> pb.LoadModelResp:
+    async def load_model(
+        self, model_id: str, *, pin: bool = False, unpin: bool = False
+    ) -> pb.LoadModelResp:
         req = pb.LoadModelReq(model_id=model_id, pin=pin, unpin=unpin)
-        return await self._call(self.stub.LoadModel, req, timeout=max(self.timeout_s, 300.0))  # type: ignore[no-any-return]
+        return await self._call(self.stub.LoadModel, req, deadline_s=max(self.timeout_s, 300.0))  # type: ignore[no-any-return]
 
     async def unload_model(self, model_id: str, *, force: bool = False) -> pb.UnloadModelResp:
         req = pb.UnloadModelReq(model_id=model_id, force=force)
         return await self._call(self.stub.UnloadModel, req)  # type: ignore[no-any-return]
 
-    async def capabilities(self, timeout: float | None = None) -> pb.GetCapResp:
-        return await self._call(self.stub.GetCapabilities, pb.GetCapReq(), timeout=timeout)  # type: ignore[no-any-return]
+    async def capabilities(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109  # a gRPC deadline, not an asyncio timeout
+    ) -> pb.GetCapResp:
+        return await self._call(self.stub.GetCapabilities, pb.GetCapReq(), timeout)  # type: ignore[no-any-return]
 
 
 async def text_stream(

@@ -263,26 +263,34 @@ class ApiKeyInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if self.api_key is None or handler_call_details.method.startswith("/grpc.health"):
+        if handler is None or self.api_key is None:
+            return handler
+        if handler_call_details.method.startswith("/grpc.health"):
             return handler
         try:
-            check_key(self.api_key, key_from_metadata(handler_call_details.invocation_metadata or ()))
+            check_key(
+                self.api_key, key_from_metadata(handler_call_details.invocation_metadata or ())
+            )
         except DuplexError as exc:
             return _deny(handler, str(exc))
         return handler
 
 
-def _deny(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _deny(
+    handler: grpc.RpcMethodHandler[Any, Any], message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    # grpc.aio accepts a plain coroutine for streaming handlers: abort before any message
+    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield None  # pragma: no cover  # abort raises; this makes the function a generator
 
     if handler.request_streaming or handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(stream)

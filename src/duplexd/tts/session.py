@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +31,7 @@ __all__ = ["SessionState", "SynthStats", "TextIn", "Utterance", "WorkerSession",
 
 SessionState = Literal["idle", "speaking", "paused", "stopped"]
 _FRAME_S = FRAME_MS / 1000
+_MAX_UNITS = 8
 
 
 def new_session_id() -> str:
@@ -143,7 +144,9 @@ class Utterance:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._stopped = asyncio.Event()
-        self._units: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        # Bounded: a worker that is far ahead stops reading text, and gRPC flow control
+        # carries that back to the orchestrator's LLM feed (backpressure).
+        self._units: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize=_MAX_UNITS)
         self._frames: asyncio.Queue[_Item | object] = asyncio.Queue(maxsize=cfg.queue_frames)
         self._skip_through_unit = -1  # RESUME at a unit boundary drops the rest of this unit
         self._current_unit = -1
@@ -186,7 +189,10 @@ class Utterance:
         try:
             async for item in self._emit():
                 frame = AudioFrame(
-                    item.pcm, self.session.next_seq, unit=item.unit, unit_text=item.unit_text,
+                    item.pcm,
+                    self.session.next_seq,
+                    unit=item.unit,
+                    unit_text=item.unit_text,
                     is_last=item.last,
                 )
                 self.session.next_seq += 1
@@ -227,10 +233,9 @@ class Utterance:
             self._final_unit = unit_index - 1
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except Exception as exc:
             self._error = exc
-        finally:
-            self._units.put_nowait(None)
+        await self._units.put(None)
 
     async def _produce(self) -> None:
         loop = asyncio.get_running_loop()
@@ -238,18 +243,23 @@ class Utterance:
             while (entry := await self._units.get()) is not None:
                 index, text = entry
                 self.stats.units += 1
-                batches = self.adapter.frame_batches(text, self.session.voice, self.session.language)
+                batches = self.adapter.frame_batches(
+                    text, self.session.voice, self.session.language
+                )
                 first = True
-                while (batch := await loop.run_in_executor(self.executor, _next, batches)) is not None:
+                while (
+                    batch := await loop.run_in_executor(self.executor, _next, batches)
+                ) is not None:
                     for pcm in batch:
                         await self._frames.put(_Item(pcm, index, text if first else ""))
                         first = False
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except Exception as exc:
             self._error = exc
-        finally:
-            await self._frames.put(_END)
+        # Not in `finally`: a cancelled producer has nobody to tell, and a full queue
+        # would block its cancellation forever.
+        await self._frames.put(_END)
 
     async def _emit(self) -> AsyncIterator[_Item]:
         """Frames in order, paced. Only the final unit is read one frame ahead, to mark
@@ -321,6 +331,6 @@ class Utterance:
                 await task
 
 
-def _next(batches: object) -> FrameBatch | None:
+def _next(batches: Iterator[FrameBatch]) -> FrameBatch | None:
     """Advance an engine generator on the executor thread (None when exhausted)."""
-    return next(batches, None)  # type: ignore[call-overload]  # Iterator[FrameBatch]
+    return next(batches, None)

@@ -102,7 +102,9 @@ class Worker:
         except BaseException:
             lease.release()
             raise
-        session = WorkerSession(session_id or new_session_id(), lease, voice or None, language or None)
+        session = WorkerSession(
+            session_id or new_session_id(), lease, voice or None, language or None
+        )
         self.sessions[session.id] = session
         self._refresh_gauges()
         log.info("session started", session_id=session.id, model=model_id)
@@ -152,7 +154,9 @@ class Worker:
 
     def queue_depth(self) -> int:
         return sum(
-            s.utterance.queue_depth for s in self.sessions.values() if s.utterance and not s.utterance.done
+            s.utterance.queue_depth
+            for s in self.sessions.values()
+            if s.utterance and not s.utterance.done
         )
 
     def hardware(self) -> dict[str, float | int | bool | str]:
@@ -202,7 +206,7 @@ class Worker:
         return adapter
 
     def _on_model_event(self, event: str, model_id: str) -> None:
-        log.info("model event", event=event, model=model_id)
+        log.info("model event", change=event, model=model_id)
         status = self.manager.status(model_id) if model_id in self.catalog else None
         if event == "loaded" and status is not None:
             if status.load_ms is not None:

@@ -16,11 +16,11 @@ ENGINES = ("silero", "webrtc")
 def create_vad(engine: str, params: VADParams | None = None) -> VoiceActivityDetector:
     """A fresh detector for one audio stream (detectors keep per-stream state)."""
     if engine == "silero":
-        from duplexd.vad.silero import SileroVAD  # noqa: PLC0415 (only the chosen engine loads)
+        from duplexd.vad.silero import SileroVAD
 
         return SileroVAD(params)
     if engine == "webrtc":
-        from duplexd.vad.webrtc import WebRTCVAD  # noqa: PLC0415 (only the chosen engine loads)
+        from duplexd.vad.webrtc import WebRTCVAD
 
         return WebRTCVAD(params)
     raise ValueError(f"unknown VAD engine {engine!r}: choose one of {', '.join(ENGINES)}")

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SAMPLE_RATE", "VADEvent", "VADParams", "VoiceActivityDetector"]
+from duplexd.audio.frames import ASR_SAMPLE_RATE
+from duplexd.audio.pcm import Int16Array
 
-SAMPLE_RATE = 16_000
+__all__ = ["VADEvent", "VADParams", "VoiceActivityDetector"]
 
 
 class VADParams(BaseModel):
@@ -74,7 +74,7 @@ class VoiceActivityDetector(ABC):
     audio stream, fed from one task.
     """
 
-    sample_rate: int = SAMPLE_RATE
+    sample_rate: int = ASR_SAMPLE_RATE
 
     def __init__(self, params: VADParams | None = None) -> None:
         self.params = params or VADParams()
@@ -93,7 +93,7 @@ class VoiceActivityDetector(ABC):
         """Samples per decision; the base buffers input to exactly this size."""
 
     @abstractmethod
-    def _speech_probability(self, window: npt.NDArray[np.int16]) -> float:
+    def _speech_probability(self, window: Int16Array) -> float:
         """Probability in [0, 1] that `window` (exactly `window_samples` long) is speech."""
 
     def _reset_engine(self) -> None:  # noqa: B027 (optional hook, not abstract on purpose)
@@ -130,7 +130,7 @@ class VoiceActivityDetector(ABC):
         self._mark_ms = self._speech_start_ms = 0
         self._last_probability = 0.0
 
-    def process(self, pcm16: npt.NDArray[np.int16]) -> list[VADEvent]:
+    def process(self, pcm16: Int16Array) -> list[VADEvent]:
         """Consume any number of samples; return the events completed by them, in order."""
         audio = np.concatenate([self._pending, _as_pcm16(pcm16)])
         n = self.window_samples
@@ -148,7 +148,7 @@ class VoiceActivityDetector(ABC):
     def _ms(self, samples: int) -> int:
         return samples * 1000 // self.sample_rate
 
-    def _step(self, window: npt.NDArray[np.int16]) -> VADEvent | None:
+    def _step(self, window: Int16Array) -> VADEvent | None:
         start_ms = self._ms(self._samples)
         self._samples += len(window)
         prob = float(self._speech_probability(window))
@@ -182,7 +182,7 @@ class VoiceActivityDetector(ABC):
         return None
 
 
-def _as_pcm16(pcm16: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+def _as_pcm16(pcm16: Int16Array) -> Int16Array:
     """Accept int16 only: silently casting float audio would turn it into near-silence."""
     arr = np.asarray(pcm16)
     if arr.dtype != np.int16:

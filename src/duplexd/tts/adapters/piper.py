@@ -37,7 +37,9 @@ class PiperAdapter(TTSAdapter):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         providers = (
-            ["CUDAExecutionProvider"] if self.device.startswith("cuda") else ["CPUExecutionProvider"]
+            ["CUDAExecutionProvider"]
+            if self.device.startswith("cuda")
+            else ["CPUExecutionProvider"]
         )
         try:
             config = PiperConfig.from_dict(json.loads(config_path.read_text()))
