@@ -121,6 +121,75 @@ def worker(
     )
 
 
+@app.command()
+def orchestrator(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="HTTP/WebSocket port [8080]; 0 picks one")
+    ] = None,
+    worker: Annotated[
+        list[str] | None,
+        typer.Option("--worker", "-w", help="NAME=HOST:PORT of a TTS worker (repeatable)"),
+    ] = None,
+    llm: Annotated[str | None, typer.Option(help="builtin | openai | push [builtin]")] = None,
+    llm_url: Annotated[
+        str | None, typer.Option("--llm-url", help="OpenAI-compatible base URL, e.g. …/v1")
+    ] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="LLM model name")] = None,
+    asr_model: Annotated[
+        str | None, typer.Option("--asr-model", help="tiny.en | base | a model directory")
+    ] = None,
+    vad: Annotated[str | None, typer.Option(help="silero | webrtc [silero]")] = None,
+    routing: Annotated[str | None, typer.Option(help="routing mode: default | edge | lora")] = None,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="opt-in: store session audio in this folder")
+    ] = None,
+    allow_insecure_remote: Annotated[
+        bool | None,
+        typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
+    ] = None,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the orchestrator: WebSocket sessions with VAD, ASR, turn-taking, barge-in, routing."""
+    overrides: dict[str, Any] = {
+        "server.host": host,
+        "server.port": port,
+        "workers": _workers(worker) if worker else None,
+        "llm.kind": "openai" if llm is None and llm_url else llm,
+        "llm.url": llm_url,
+        "llm.model": llm_model,
+        "asr.model": asr_model,
+        "vad.engine": vad,
+        "routing.policy": routing,
+        "sessions.record_dir": record,
+        "auth.allow_insecure_remote": allow_insecure_remote,
+    }
+    from duplexd.config import OrchestratorConfig, load_config
+    from duplexd.logging import configure_logging
+
+    configure_logging(log_level.upper(), process="orchestrator")
+    _run(lambda: _orch_main(load_config(OrchestratorConfig, config, overrides=overrides), config,
+                            ready_file))  # fmt: skip
+
+
+def _workers(specs: list[str]) -> list[dict[str, str]]:
+    out = []
+    for spec in specs:
+        name, sep, addr = spec.partition("=")
+        if not sep or not name or ":" not in addr:
+            raise typer.BadParameter(f"{spec!r}: expected NAME=HOST:PORT", param_hint="--worker")
+        out.append({"name": name, "addr": addr})
+    return out
+
+
+async def _orch_main(cfg: Any, config_file: Path | None, ready_file: Path | None) -> None:
+    from duplexd.orchestrator.app import run_orchestrator
+
+    await run_orchestrator(cfg, config_file, ready_file)
+
+
 async def _worker_main(cfg: Any, config_file: Path | None, ready_file: Path | None) -> None:
     from duplexd.tts.app import run_worker
 

@@ -1,0 +1,70 @@
+"""Run an orchestrator process: load VAD/ASR, poll workers, serve HTTP/WS, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from duplexd.asr import create_asr
+from duplexd.auth import ensure_safe_bind
+from duplexd.config import OrchestratorConfig
+from duplexd.logging import get_logger
+from duplexd.orchestrator.registry import StaticRegistry
+from duplexd.orchestrator.routing import RoutingPolicy
+from duplexd.orchestrator.server import OrchestratorServer
+from duplexd.orchestrator.session import SessionDeps
+from duplexd.orchestrator.telemetry import OrchTelemetry
+from duplexd.tts.worker import resolve_path
+
+__all__ = ["run_orchestrator"]
+
+log = get_logger("duplexd.orchestrator.app")
+
+
+async def run_orchestrator(
+    config: OrchestratorConfig, config_file: Path | None = None, ready_file: Path | None = None
+) -> None:
+    cfg = config
+    ensure_safe_bind(cfg.server.host, cfg.auth.api_key, cfg.auth.allow_insecure_remote)
+    policy = RoutingPolicy.load(resolve_path(cfg.routing.policy_file, config_file))
+    policy.mode(cfg.routing.policy)  # an unknown mode fails now, not at the first caller
+    asr = await asyncio.to_thread(
+        create_asr, cfg.asr.engine, cfg.asr.model, device=cfg.asr.device,
+        compute_type=cfg.asr.compute_type, cpu_threads=cfg.asr.threads, language=cfg.asr.language,
+    )  # fmt: skip
+    registry = StaticRegistry(cfg.workers, api_key=cfg.auth.api_key)
+    await registry.start()
+    server = OrchestratorServer(SessionDeps(cfg, asr, registry, policy, OrchTelemetry()))
+    runner = web.AppRunner(server.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # started above
+    _write_ready(ready_file, f"{cfg.server.host}:{port}", port)
+    log.info("orchestrator ready", addr=f"{cfg.server.host}:{port}",
+             workers=[w.summary() for w in registry.workers.values()])  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("orchestrator draining", sessions=len(server.sessions))
+    await server.aclose()
+    await runner.cleanup()
+    await registry.aclose()
+    log.info("orchestrator stopped")
+
+
+def _write_ready(path: Path | None, addr: str, port: int) -> None:
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"pid": os.getpid(), "addr": addr, "port": port, "metrics_port": port})
+    )
+    tmp.replace(path)
