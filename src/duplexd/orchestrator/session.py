@@ -327,6 +327,10 @@ class Session:
     def _on_first_audio(self) -> None:
         if self.state != State.BARGED_IN:
             self._set_state(State.SPEAKING)
+        reply, times = self.reply, self._times
+        if reply is not None:  # every stage is known now: report before the reply ends
+            times.first_text, times.first_audio = reply.times.first_text, reply.times.first_audio
+            self.out.event(event("latency", turn=reply.turn, **times.figures()))
 
     def _on_unit(self, text: str) -> None:
         turn = self.reply.turn if self.reply else self.turn
@@ -398,6 +402,7 @@ class Session:
         if self._barge is not None:
             self._barge.outcome = "interrupted"
         self._set_state(State.LISTENING)
+        self.out.event(event("interrupted", turn=self.reply.turn))
         await self.reply.stop()
 
     async def _resume_after_false_barge_in(self) -> None:
@@ -417,9 +422,7 @@ class Session:
 
     # -- workers ---------------------------------------------------------------------------
 
-    async def _bind_tts(
-        self, model_id: str | None, exclude: set[str] | None = None
-    ) -> TtsBinding:
+    async def _bind_tts(self, model_id: str | None, exclude: set[str] | None = None) -> TtsBinding:
         registry, policy = self.deps.registry, self.deps.policy.mode(self.cfg.routing.policy)
         exclude = exclude or set()
         for _attempt in range(len(registry.workers) or 1):

@@ -51,7 +51,7 @@ class BargeIn:
     worker_last_frame: float | None = None  # last worker frame that arrived after the onset
     frames_after_pause: int = 0
     flushed_frames: int = 0
-    outcome: str = "pending"  # pending | resumed | interrupted
+    outcome: str = "pending"  # pending | resumed | interrupted (sent as its own event)
 
     def figures(self) -> dict[str, float | int | str | None]:
         silent = self.worker_last_frame if self.worker_last_frame else self.onset
@@ -63,5 +63,4 @@ class BargeIn:
             "vad_to_client_flush_ms": 0.0,  # flush goes out in the onset's own loop turn
             "frames_after_pause": self.frames_after_pause,
             "flushed_frames": self.flushed_frames,
-            "outcome": self.outcome,
         }
