@@ -42,9 +42,11 @@ def configure_logging(
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger; `name` shows as ``logger`` in each line (bound lazily, so
+    """A structlog logger; `name` shows as ``component`` in each line (bound lazily, so
     loggers made at import time follow `configure_logging` called later)."""
-    return structlog.get_logger().bind(logger=name)
+    # initial values keep the proxy lazy (`.bind()` would freeze today's config); the key is
+    # `component` because structlog reserves `logger` for its own argument
+    return structlog.get_logger(component=name)
 
 
 def bind_session(session_id: str) -> None:

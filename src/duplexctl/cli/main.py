@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from duplexctl import __version__
-from duplexctl.cli import doctor
+from duplexctl.cli import daemons, doctor, models, say
 
 __all__ = ["app", "main"]
 
@@ -81,6 +81,10 @@ def _root(
 
 
 # --- command groups: one line each (see the module docstring) ------------------------------
+for _daemon_cmd in (daemons.up, daemons.down, daemons.status, daemons.logs):
+    app.command()(_daemon_cmd)
+app.command(name="say")(say.say)
+app.add_typer(models.app, name="models")
 app.command(name="doctor")(doctor.doctor_command)
 
 

@@ -9,10 +9,11 @@ writing every event as a JSON line: for scripting, tests and bug reports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,13 @@ from duplexd.audio.jitter import JitterBuffer
 from duplexd.errors import AuthError, DaemonUnavailable, DuplexError, InvalidArgument
 from duplexd.orchestrator.protocol import unpack_audio
 
-__all__ = ["Conversation", "VoiceClient", "run_file_conversation"]
+__all__ = [
+    "Conversation",
+    "LiveConversation",
+    "VoiceClient",
+    "run_file_conversation",
+    "write_events",
+]
 
 
 @dataclass
@@ -116,7 +123,7 @@ def _error_of(ev: dict[str, Any]) -> DuplexError:
 
 @dataclass
 class Conversation:
-    """What a file conversation produced, on the mic's timeline (t_ms from its first frame)."""
+    """What a conversation produced, on the mic's timeline (t_ms from its first frame)."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
     mic: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # at 48 kHz
@@ -129,6 +136,125 @@ class Conversation:
         return [e for e in self.events if e["type"] == kind]
 
 
+class LiveConversation:
+    """A microphone and a speaker on one 20 ms clock, talking to the orchestrator.
+
+    The mic sends queued user speech (16 kHz int16), silence otherwise; the speaker plays
+    through the same jitter buffer `talk` uses, flushed on `flush`. A script can `say()` and
+    `wait_for()` events, so a scripted user can react to the bot (the demo barges in
+    two seconds into a story); a file conversation queues one file and waits it out.
+    """
+
+    def __init__(
+        self, client: VoiceClient, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.client = client
+        self.on_event = on_event
+        self.result = Conversation()
+        self._step = frame_samples(16_000)
+        self._pending: collections.deque[np.ndarray] = collections.deque()
+        self._mic: list[np.ndarray] = []
+        self._speaker: list[bytes] = []
+        self._jitter = JitterBuffer()
+        self._changed = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._t0 = 0.0
+
+    @property
+    def now_ms(self) -> float:
+        return round((time.perf_counter() - self._t0) * 1000, 1)
+
+    @property
+    def speaking(self) -> bool:
+        """The scripted user still has speech queued."""
+        return bool(self._pending)
+
+    def say(self, pcm_16k: np.ndarray) -> None:
+        step = self._step
+        padded = np.concatenate([pcm_16k, np.zeros(-len(pcm_16k) % step, np.int16)])
+        self._pending.extend(padded.reshape(-1, step).astype(np.int16))
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """The first event of the conversation so far or to come that satisfies `predicate`."""
+        seen = 0
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for ev in self.result.events[seen:]:
+                    if predicate(ev):
+                        return ev
+                seen = len(self.result.events)
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def run(self, script: Callable[[LiveConversation], Awaitable[None]]) -> Conversation:
+        """Run the clock until `script` returns and its queued speech has been sent."""
+        self._t0 = time.perf_counter()
+        self._record(self.client.ready)
+        reader = asyncio.create_task(self._read())
+        clock = asyncio.create_task(self._tick())
+        try:
+            await script(self)
+            await self.said()
+        finally:
+            for task in (clock, reader):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return self._finish()
+
+    async def said(self) -> None:
+        """Wait until the queued user speech has all gone out."""
+        while self._pending:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def sleep_ms(self, ms: float) -> None:
+        await asyncio.sleep(ms / 1000)
+
+    async def _tick(self) -> None:
+        i = 0
+        silence = np.zeros(self._step, np.int16)
+        while True:
+            frame = self._pending.popleft() if self._pending else silence
+            if not self._pending:
+                self._drained.set()
+            self._mic.append(frame)
+            await self.client.send_audio(frame.tobytes())
+            self._speaker.append(self._jitter.pop())  # the speaker plays on the mic's clock
+            i += 1
+            await asyncio.sleep(max(self._t0 + i * FRAME_MS / 1000 - time.perf_counter(), 0))
+
+    async def _read(self) -> None:
+        async for item in self.client.messages():
+            if item.audio is not None:
+                self.result.frames_received += 1
+                self.result.audio_log.append((self.now_ms, item.audio[1]))
+                self._jitter.push(item.audio[3])
+            elif item.event is not None:
+                if item.event["type"] == "flush":
+                    self._jitter.flush()
+                self._record(item.event)
+
+    def _record(self, ev: dict[str, Any]) -> None:
+        ev = {**ev, "t_ms": self.now_ms}
+        self.result.events.append(ev)
+        self._changed.set()
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def _finish(self) -> Conversation:
+        from duplexd.audio.resample import resample_once
+
+        n = min(len(self._mic), len(self._speaker))
+        mic = np.concatenate(self._mic[:n]) if n else np.zeros(0, np.int16)
+        self.result.mic = resample_once(mic, 16_000, 48_000)[: n * 960]
+        self.result.speaker = np.frombuffer(b"".join(self._speaker[:n]), "<i2").astype(np.int16)
+        self.result.underruns = self._jitter.stats.underruns
+        return self.result
+
+
 async def run_file_conversation(
     url: str,
     mic_16k: np.ndarray,
@@ -137,53 +263,15 @@ async def run_file_conversation(
     tail_ms: int = 4000,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> Conversation:
-    """Stream `mic_16k` (int16 at 16 kHz) in real time, then `tail_ms` of silence, and record."""
-    conv = Conversation()
-    step = frame_samples(16_000)
-    silence = np.zeros(step * (tail_ms // FRAME_MS), np.int16)
-    mic = np.concatenate([mic_16k.astype(np.int16), silence])
-    n_frames = len(mic) // step
-    jitter = JitterBuffer()
-    speaker: list[bytes] = []
+    """Play `mic_16k` (int16, 16 kHz) as the microphone in real time, then `tail_ms` more."""
+
+    async def script(conv: LiveConversation) -> None:
+        conv.say(mic_16k)
+        await conv.said()
+        await conv.sleep_ms(tail_ms)
+
     async with VoiceClient(url, hello or {}) as client:
-        t0 = time.perf_counter()
-
-        def stamp(ev: dict[str, Any]) -> None:
-            ev = {**ev, "t_ms": round((time.perf_counter() - t0) * 1000, 1)}
-            conv.events.append(ev)
-            if on_event is not None:
-                on_event(ev)
-
-        stamp(client.ready)
-
-        async def reader() -> None:
-            async for item in client.messages():
-                if item.audio is not None:
-                    conv.frames_received += 1
-                    conv.audio_log.append((round((item.t - t0) * 1000, 1), item.audio[1]))
-                    jitter.push(item.audio[3])
-                elif item.event is not None:
-                    if item.event["type"] == "flush":
-                        jitter.flush()
-                    stamp(item.event)
-
-        task = asyncio.create_task(reader())
-        try:
-            for i in range(n_frames):
-                await client.send_audio(mic[i * step : (i + 1) * step].tobytes())
-                speaker.append(jitter.pop())  # the speaker plays on the mic's clock
-                delay = t0 + (i + 1) * FRAME_MS / 1000 - time.perf_counter()
-                await asyncio.sleep(max(delay, 0))
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    conv.speaker = np.frombuffer(b"".join(speaker), dtype="<i2").astype(np.int16)
-    from duplexd.audio.resample import resample_once
-
-    conv.mic = resample_once(mic[: n_frames * step], 16_000, 48_000)
-    conv.underruns = jitter.stats.underruns
-    return conv
+        return await LiveConversation(client, on_event).run(script)
 
 
 def write_events(path: Path, events: list[dict[str, Any]]) -> None:

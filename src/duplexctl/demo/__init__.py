@@ -1,0 +1,1 @@
+"""`duplexctl demo`: a real spoken conversation on the embedded default, with a barge-in."""
