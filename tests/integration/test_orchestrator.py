@@ -281,3 +281,24 @@ async def test_killed_worker_moves_the_session(tmp_path: Path) -> None:
                 assert moved and moved[0]["worker"] != first
             events = await _text_turn(client, "hello again")
             assert events[-1]["reply_text"].startswith("Hello")
+
+
+@pytest.mark.asyncio
+async def test_audio_is_recorded_only_when_asked(tmp_path: Path) -> None:
+    record = tmp_path / "rec"
+    with (
+        daemon("worker", tmp_path) as w,
+        daemon(
+            "orchestrator", tmp_path, ["--worker", f"w0={w.addr}", "--record", str(record)]
+        ) as orch,
+    ):
+        conv = await run_file_conversation(orch.addr, concat(silence(300), speech("hello")),
+                                           tail_ms=1500)  # fmt: skip
+    sid = conv.events[0]["session_id"]
+    user, bot = record / f"{sid}-user.wav", record / f"{sid}-bot.wav"
+    import wave
+
+    with wave.open(str(user)) as u, wave.open(str(bot)) as b:
+        assert u.getframerate() == 16_000 and u.getnframes() > 16_000
+        assert b.getframerate() == 48_000 and b.getnframes() > 0
+    assert not list(tmp_path.glob("*.wav")), "nothing else may be written"

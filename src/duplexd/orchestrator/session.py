@@ -35,6 +35,7 @@ from duplexd.errors import DaemonUnavailable, DuplexError
 from duplexd.logging import get_logger
 from duplexd.orchestrator.llm import Message, PushResponder, Responder, create_responder
 from duplexd.orchestrator.protocol import Hello, event, pack_audio
+from duplexd.orchestrator.recorder import Recorder
 from duplexd.orchestrator.registry import StaticRegistry
 from duplexd.orchestrator.reply import Reply, TtsBinding
 from duplexd.orchestrator.routing import RoutingPolicy, choose
@@ -107,6 +108,8 @@ class Session:
         self._barge: BargeIn | None = None
         self._out_level_db = float("-inf")
         self._tasks: set[asyncio.Task[Any]] = set()
+        record_dir = cfg.sessions.record_dir
+        self.recorder = Recorder(record_dir, self.id, hello.sample_rate) if record_dir else None
         self._partials_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -137,6 +140,8 @@ class Session:
                     await task
         await self.transcriber.aclose()
         await self.responder.aclose()
+        if self.recorder is not None:
+            self.recorder.close()
         if self.tts is not None:
             with contextlib.suppress(DuplexError):
                 await self.tts.client.end_session(self.tts.session_id)
@@ -156,6 +161,8 @@ class Session:
         """One 20 ms mic frame (already size-checked by the transport)."""
         now = time.perf_counter()
         self.last_activity = time.monotonic()
+        if self.recorder is not None:
+            self.recorder.user(pcm)
         x = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
         if self._resampler is not None:
             x = self._resampler.process(x)
@@ -338,6 +345,8 @@ class Session:
 
     def _send_audio(self, pcm: bytes, last: bool, level: float) -> None:
         self._out_level_db = dbfs(level)
+        if self.recorder is not None:
+            self.recorder.bot(pcm)
         self.out.audio(pack_audio(self._out_seq, self.turn, pcm, last=last))
         self._out_seq += 1
 
