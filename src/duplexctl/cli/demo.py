@@ -64,7 +64,7 @@ async def _run(console: Any, url: str | None, out: Path) -> dict[str, Any]:
 
     async with _orchestrator(console, url) as addr:
         console.print(
-            f"[dim]orchestrator {addr} · you are espeak-ng (en-gb) · bot is Piper joe[/]\n"
+            f"[dim]orchestrator {addr} · you are espeak-ng (en-us) · bot is Piper joe[/]\n"
         )
         async with VoiceClient(addr, {}) as client:
             conv = await LiveConversation(client, EventPrinter(console)).run(demo_script)
@@ -79,17 +79,22 @@ async def _run(console: Any, url: str | None, out: Path) -> dict[str, Any]:
 
 
 def _orchestrator(console: Any, url: str | None) -> Any:
+    """`--url` as given; else a stack already on the default port; else a private one."""
     from contextlib import asynccontextmanager
 
-    from duplexctl.client.embedded import embedded_stack
+    from duplexctl.client.embedded import DEFAULT_ORCHESTRATOR, embedded_stack, probe
 
     @asynccontextmanager
-    async def given() -> Any:
-        yield url
+    async def given(addr: str) -> Any:
+        yield addr
 
     if url:
-        return given()
-    return embedded_stack(console=console)
+        return given(url)
+    if probe(DEFAULT_ORCHESTRATOR):
+        return given(DEFAULT_ORCHESTRATOR)
+    console.print("[dim]starting the embedded default: a TTS worker (Piper) and an orchestrator "
+                  "(Silero VAD, Whisper tiny.en) …[/]")  # fmt: skip
+    return embedded_stack()
 
 
 def _write_stereo(path: Path, left: Any, right: Any) -> None:

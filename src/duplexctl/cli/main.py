@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from duplexctl import __version__
-from duplexctl.cli import daemons, doctor, models, say
+from duplexctl.cli import daemons, demo, doctor, models, say
 
 __all__ = ["app", "main"]
 
@@ -84,6 +84,7 @@ def _root(
 for _daemon_cmd in (daemons.up, daemons.down, daemons.status, daemons.logs):
     app.command()(_daemon_cmd)
 app.command(name="say")(say.say)
+app.command(name="demo")(demo.demo)
 app.add_typer(models.app, name="models")
 app.command(name="doctor")(doctor.doctor_command)
 

@@ -15,7 +15,7 @@ from duplexd.testing.speech import speech
 
 __all__ = ["USER_VOICE", "UserLine", "demo_script", "lines"]
 
-USER_VOICE = "en-gb"  # not the bot's voice (Piper joe), and not one Whisper was tuned on
+USER_VOICE = "en-us"  # espeak-ng: not the bot's voice (Piper joe), not one Whisper was tuned on
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ async def demo_script(conv: LiveConversation, *, timeout_s: float = 45.0) -> Non
         if line.barge_in_after_ms is not None:
             await conv.wait_for(_is("latency", i), timeout_s)  # the reply we talk over started
             await conv.sleep_ms(line.barge_in_after_ms)
-        conv.say(speech(line.text, voice=USER_VOICE, words_per_minute=165))
+        conv.say(speech(line.text, voice=USER_VOICE, words_per_minute=160))
         await conv.said()
         following = script[i + 1] if i + 1 < len(script) else None
         if following is not None and following.barge_in_after_ms is not None:

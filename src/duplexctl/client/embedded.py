@@ -1,0 +1,251 @@
+"""The embedded default on demand: one worker and one orchestrator, started and stopped by us.
+
+`talk`, `demo` and `bench` want "the stack the user already runs, else a private one for the
+length of this command". `orchestrator_for(url)` is that rule: an explicit address is used as
+it is (an unreachable one is the user's error to see, not a cue to start something else); with
+none, the default address is probed and, if nothing answers, an `EmbeddedStack` is started.
+
+The stack is two child processes (`python -m duplexd worker|orchestrator --port 0`) that report
+their ports through ready files, so it never clashes with a stack already on the default ports.
+Whatever happens — an error, Ctrl-C, SIGTERM to us — both are stopped on exit: SIGTERM, a grace
+period, then SIGKILL. Usable as ``with`` and as ``async with``; both yield the orchestrator's
+``HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from duplexd.errors import DaemonUnavailable
+
+__all__ = [
+    "DEFAULT_ORCHESTRATOR",
+    "EmbeddedStack",
+    "embedded_stack",
+    "orchestrator_for",
+    "probe",
+]
+
+DEFAULT_ORCHESTRATOR = "127.0.0.1:8080"
+_GRACE_S = 5.0
+
+
+def probe(addr: str, timeout_s: float = 0.5) -> bool:
+    """True when an orchestrator answers ``GET /healthz`` at `addr` (HOST:PORT)."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}/healthz", timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+@dataclass
+class _Child:
+    kind: str
+    proc: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: Path
+
+    def info(self) -> dict[str, Any] | None:
+        if not self.ready_file.exists():
+            return None
+        return dict(json.loads(self.ready_file.read_text()))
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_file.read_text(errors="replace")[-chars:]
+
+
+class EmbeddedStack:
+    """A private worker + orchestrator (see the module docstring).
+
+    `workdir` holds the ready files and the daemons' logs; without one a temporary folder is
+    used and removed on exit.
+    """
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        worker_args: Sequence[str] = (),
+        orchestrator_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="duplex-embedded-"))
+        self.worker_args = list(worker_args)
+        self.orchestrator_args = list(orchestrator_args)
+        self.env = {**os.environ, **(env or {})}
+        self.timeout_s = timeout_s
+        self.addr = ""
+        self.children: list[_Child] = []
+        self._old_sigterm: Any = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self.children]
+
+    # -- sync and async context manager ----------------------------------------------------
+
+    def __enter__(self) -> str:
+        self._trap_sigterm()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> str:
+        self._trap_sigterm()
+        try:
+            return await asyncio.to_thread(self.start)
+        except BaseException:  # Ctrl-C or cancellation while starting: no orphans
+            self.stop()
+            raise
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Start both daemons at once (the worker's port is chosen first) and wait for ready."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        worker_port = _free_port()
+        worker = self._spawn(
+            "worker",
+            ["--port", str(worker_port), "--metrics-port", str(_free_port()), *self.worker_args],
+        )
+        orch = self._spawn(
+            "orchestrator",
+            ["--port", "0", "--worker", f"tts-worker@0=127.0.0.1:{worker_port}",
+             *self.orchestrator_args],
+        )  # fmt: skip
+        deadline = time.monotonic() + self.timeout_s
+        self._wait_ready(worker, deadline)
+        info = self._wait_ready(orch, deadline)
+        self.addr = str(info["addr"])
+        self._wait_worker_resident(deadline)
+        return self.addr
+
+    def stop(self) -> None:
+        """SIGTERM to each child, then SIGKILL after the grace period; idempotent."""
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _GRACE_S
+        for child in self.children:
+            try:
+                child.proc.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self._restore_sigterm()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _spawn(self, kind: str, args: list[str]) -> _Child:
+        ready = self.workdir / f"{kind}.ready.json"
+        ready.unlink(missing_ok=True)
+        log_file = self.workdir / f"{kind}.log"
+        cmd = [sys.executable, "-m", "duplexd", kind, "--ready-file", str(ready), *args]
+        with log_file.open("wb") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+            )
+        child = _Child(kind, proc, ready, log_file)
+        self.children.append(child)
+        return child
+
+    def _wait_ready(self, child: _Child, deadline: float) -> dict[str, Any]:
+        while (info := child.info()) is None:
+            if child.proc.poll() is not None:
+                raise DaemonUnavailable(
+                    f"the embedded {child.kind} exited with {child.proc.returncode}:\n"
+                    f"{child.log_tail()}",
+                    hint=f"full log: {child.log_file}",
+                )
+            if time.monotonic() > deadline:
+                raise DaemonUnavailable(f"the embedded {child.kind} was not ready in time")
+            time.sleep(0.05)
+        return info
+
+    def _wait_worker_resident(self, deadline: float) -> None:
+        """The orchestrator polls its worker; /readyz says when a session would find it."""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{self.addr}/readyz", timeout=1.0):
+                    return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        raise DaemonUnavailable("the embedded orchestrator never saw its worker ready")
+
+    # -- SIGTERM: run the finally blocks instead of dying with children alive -------------
+
+    def _trap_sigterm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_exit)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def embedded_stack(workdir: Path | None = None, **kwargs: Any) -> EmbeddedStack:
+    """``with embedded_stack() as addr:`` (or ``async with``): a private stack at `addr`."""
+    return EmbeddedStack(workdir, **kwargs)
+
+
+@contextlib.contextmanager
+def orchestrator_for(
+    url: str | None, *, on_start: Any = None, workdir: Path | None = None
+) -> Iterator[str]:
+    """The orchestrator to talk to: `url` as given; else the default if it answers; else an
+    embedded stack for the duration of the block (`on_start()` is called before it starts, so a
+    command can say why it pauses)."""
+    if url:
+        yield url
+        return
+    if probe(DEFAULT_ORCHESTRATOR):
+        yield DEFAULT_ORCHESTRATOR
+        return
+    if on_start is not None:
+        on_start()
+    with EmbeddedStack(workdir) as addr:
+        yield addr
