@@ -41,6 +41,7 @@ __all__ = [
     "WorkerSection",
     "load_config",
     "repo_root",
+    "resolve_path",
 ]
 
 
@@ -50,6 +51,17 @@ def repo_root() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2]
+
+
+def resolve_path(path: Path, config_file: Path | None = None) -> Path:
+    """A relative path in a config: from the cwd, else the checkout root (where the samples
+    put configs/ and voicepacks/), else beside the config file's folder."""
+    if path.is_absolute():
+        return path
+    for base in (Path.cwd(), repo_root(), config_file.parent.parent if config_file else None):
+        if base is not None and (base / path).exists():
+            return base / path
+    return path
 
 
 class _Section(BaseModel):

@@ -197,7 +197,7 @@ def check_espeak(ctx: Context) -> Check:
 
 
 def check_models(ctx: Context) -> list[Check]:
-    from duplexd.config import WorkerConfig, load_config
+    from duplexd.config import WorkerConfig, load_config, resolve_path
     from duplexd.tts.adapters.registry import available_families
     from duplexd.tts.catalog import Catalog
 
@@ -209,8 +209,8 @@ def check_models(ctx: Context) -> list[Check]:
         return [Check("models", "fail", detail, "fix worker.yaml first")]
     try:
         catalog = Catalog.load(
-            _resolve(mm.catalog, config_file),
-            _resolve(mm.voicepacks_dir, config_file),
+            resolve_path(mm.catalog, config_file),
+            resolve_path(mm.voicepacks_dir, config_file),
             mm.models_dir,
         )
     except ConfigError as exc:
@@ -273,21 +273,6 @@ def _program_problem(family: str, program: str) -> tuple[bool, str, str]:
         fix = _ESPEAK_FIX if program == "espeak-ng" else f"install {program} or set options.binary"
         return False, f"{family}: the `{program}` program is not on PATH", fix
     return True, f"{family}: no weights, runs {found}", ""
-
-
-def _resolve(path: Path, config_file: Path | None) -> Path:
-    """Mirror of duplexd.tts.worker.resolve_path: cwd, then the checkout, then beside configs/.
-
-    Copied rather than imported: the worker module pulls in grpc and the Model Manager.
-    """
-    from duplexd.config import repo_root
-
-    if path.is_absolute():
-        return path
-    for base in (Path.cwd(), repo_root(), config_file.parent.parent if config_file else None):
-        if base is not None and (base / path).exists():
-            return base / path
-    return path
 
 
 def _size_mb(path: Path) -> str:

@@ -12,14 +12,13 @@ from aiohttp import web
 
 from duplexd.asr import create_asr
 from duplexd.auth import ensure_safe_bind
-from duplexd.config import OrchestratorConfig
+from duplexd.config import OrchestratorConfig, resolve_path
 from duplexd.logging import get_logger
 from duplexd.orchestrator.registry import StaticRegistry
 from duplexd.orchestrator.routing import RoutingPolicy
 from duplexd.orchestrator.server import OrchestratorServer
 from duplexd.orchestrator.session import SessionDeps
 from duplexd.orchestrator.telemetry import OrchTelemetry
-from duplexd.tts.worker import resolve_path
 
 __all__ = ["run_orchestrator"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from duplexd.config import WorkerConfig, load_config, repo_root
+from duplexd.config import WorkerConfig, load_config, resolve_path
 from duplexd.errors import BusyError, FailedPrecondition, SessionNotFound
 from duplexd.logging import get_logger
 from duplexd.tts.adapters.base import TTSAdapter
@@ -25,19 +25,9 @@ from duplexd.tts.memory import process_rss_bytes
 from duplexd.tts.session import WorkerSession, new_session_id
 from duplexd.tts.telemetry import WorkerTelemetry
 
-__all__ = ["Worker", "resolve_path"]
+__all__ = ["Worker", "resolve_path"]  # resolve_path re-exported for older imports
 
 log = get_logger("duplexd.tts.worker")
-
-
-def resolve_path(path: Path, config_file: Path | None) -> Path:
-    """Relative paths in a config are relative to the checkout root, like the samples."""
-    if path.is_absolute():
-        return path
-    for base in (Path.cwd(), repo_root(), config_file.parent.parent if config_file else None):
-        if base is not None and (base / path).exists():
-            return base / path
-    return path
 
 
 class Worker:
