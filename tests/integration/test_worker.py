@@ -254,3 +254,78 @@ def _config(tmp_path: Path, worker_lines: str) -> Path:
     path = tmp_path / "worker.yaml"
     path.write_text("worker:\n  " + worker_lines + "\n")
     return path
+
+
+def _worker_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "worker.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.asyncio
+async def test_slow_client_backpressure_policies(tmp_path: Path) -> None:
+    """A client that stops reading: `stall` delivers every frame late, `drop_oldest` skips
+    audio to stay on real time."""
+    text = " ".join([SENTENCE] * 2)
+    received: dict[str, int] = {}
+    for policy in ("stall", "drop_oldest"):
+        cfg = _worker_yaml(tmp_path, f"worker:\n  backpressure: {policy}\n")
+        # a slow client: a small receive window (no BDP auto-tuning), so the worker feels it
+        small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16_384)]
+        with daemon("worker", tmp_path, ["--config", str(cfg)]) as w:
+            async with TTSClient(w.addr, options=small_window) as client:
+                sid = (await client.start_session()).session_id
+                frames = 0
+                async for _ in client.synthesize(text_stream(sid, [text])):
+                    frames += 1
+                    if frames == 10:
+                        await asyncio.sleep(2.5)  # the client stalls; gRPC flow control fills
+                received[policy] = frames
+                caps = await client.capabilities()
+        assert caps.metrics.frames_sent == frames
+    assert received["drop_oldest"] < received["stall"] - 20, received
+
+
+@pytest.mark.asyncio
+async def test_reload_adds_a_voicepack_without_dropping_sessions(tmp_path: Path) -> None:
+    import shutil
+
+    from duplexd.config import repo_root
+
+    packs = tmp_path / "voicepacks"
+    shutil.copytree(repo_root() / "voicepacks", packs)
+    cfg = _worker_yaml(
+        tmp_path,
+        f"model_manager:\n  voicepacks_dir: {packs}\n"
+        f"  catalog: {repo_root() / 'configs/model_catalog.yaml'}\n",
+    )
+    with daemon("worker", tmp_path, ["--config", str(cfg)]) as w:
+        async with TTSClient(w.addr) as client:
+            sid = (await client.start_session()).session_id
+            ids = {m.id for m in (await client.list_models()).models}
+            assert "espeak-en-gb" not in ids
+            new = packs / "espeak" / "espeak-en-gb"
+            new.mkdir()
+            (new / "metadata.yaml").write_text(
+                "family: espeak\nnative_sr: 22050\ndefault_voice: en-gb\nvoices: [en-gb]\n"
+            )
+            reloaded = await client.control("", pb.RELOAD)
+            assert reloaded.ok and reloaded.state == "reloaded"
+            ids = {m.id for m in (await client.list_models()).models}
+            assert "espeak-en-gb" in ids
+            assert await _collect(client, sid, ["The old session still speaks."])
+            gb = (await client.start_session(model_id="espeak-en-gb")).session_id
+            assert await _collect(client, gb, ["Cheerio."])
+
+
+@pytest.mark.asyncio
+async def test_idle_sessions_time_out(tmp_path: Path) -> None:
+    cfg = _worker_yaml(tmp_path, "worker:\n  session_idle_timeout_s: 0.6\n")
+    with daemon("worker", tmp_path, ["--config", str(cfg)]) as w:
+        async with TTSClient(w.addr) as client:
+            sid = (await client.start_session()).session_id
+            await asyncio.sleep(1.5)
+            with pytest.raises(ModelNotFound, match="no session"):
+                await client.control(sid, pb.PAUSE)
+            listing = {m.id: m for m in (await client.list_models()).models}
+            assert listing["piper-en-us-joe"].refcount == 0  # its lease was released

@@ -51,11 +51,12 @@ class TTSClient:
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float = 30.0,
+        options: list[tuple[str, int | str]] | None = None,
     ) -> None:
         self.addr = addr.removeprefix("grpc://")
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.enable_retries", 0)]
+        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.enable_retries", 0), *(options or [])]
         self.channel = (
             aio.secure_channel(self.addr, credentials, options=options)
             if credentials

@@ -300,8 +300,9 @@ class Utterance:
     async def _pace(self, item: _Item) -> _Item | None:
         """Hold the frame until it is within `lead_ms` of play time, and never while paused.
 
-        Returns None when the frame must not go out after all: STOP came, or a RESUME moved
-        playback past this frame's unit while it waited.
+        Returns None when the frame must not go out after all: STOP came, a RESUME moved
+        playback past this frame's unit while it waited, or (backpressure `drop_oldest`) a
+        slow client left us more than `lead_ms` behind real time.
         """
         lead = self.cfg.lead_ms / 1000
         while True:
@@ -313,9 +314,16 @@ class Utterance:
                 break
             await asyncio.sleep(ahead - lead)
         now = time.perf_counter()
-        if self._play_end and now > self._play_end:
+        behind = now - self._play_end if self._play_end else 0.0
+        if behind > lead and self.cfg.backpressure == "drop_oldest":
+            # a slow client held us up: skip audio to get back to real time instead of
+            # delivering everything late (the frame's play slot passes unsent)
+            self.stats.dropped_frames += 1
+            self._play_end += _FRAME_S
+            return None
+        if behind > 0:
             self.stats.late_frames += 1
-            self.stats.gaps_ms.append((now - self._play_end) * 1000)
+            self.stats.gaps_ms.append(behind * 1000)
         self._play_end = max(self._play_end, now) + _FRAME_S
         self._current_unit = item.unit
         if self.stats.first_frame_at is None:
