@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from duplexctl.client.ws import VoiceClient, run_file_conversation
+from duplexctl.client.ws import LiveConversation, VoiceClient, run_file_conversation
 from duplexd.errors import AuthError
 from duplexd.testing.procs import DaemonProc, daemon
 from duplexd.testing.speech import concat, silence, speech, word_error_rate
@@ -302,3 +302,27 @@ async def test_audio_is_recorded_only_when_asked(tmp_path: Path) -> None:
         assert u.getframerate() == 16_000 and u.getnframes() > 16_000
         assert b.getframerate() == 48_000 and b.getnframes() > 0
     assert not list(tmp_path.glob("*.wav")), "nothing else may be written"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("client_aec", [True, False])
+async def test_echo_guard_keeps_the_bot_from_interrupting_itself(
+    stack: DaemonProc, client_aec: bool
+) -> None:
+    """A speakerphone leaks the bot's voice back into the mic at -20 dB. A client that says it
+    cancels echo (aec: true) but doesn't, lets the bot barge in on itself; one that says it
+    can't (aec: false) gets the server's echo guard, and the story plays on."""
+
+    async def script(conv: LiveConversation) -> None:
+        conv.say(concat(silence(300), speech("please tell me a story")))
+        await conv.wait_for(lambda e: e["type"] == "latency", 20)
+        await conv.sleep_ms(4000)
+
+    async with VoiceClient(stack.addr, {"aec": client_aec}) as client:
+        conv = await LiveConversation(client, echo_db=-20.0).run(script)
+    flushes = conv.of_type("flush")
+    if client_aec:
+        assert flushes, "the leaked echo should have triggered a (false) barge-in"
+    else:
+        assert not flushes, f"the echo guard let the bot interrupt itself: {flushes}"
+        assert conv.frames_received > 150  # the story kept playing

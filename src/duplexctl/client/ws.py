@@ -23,6 +23,7 @@ import numpy as np
 
 from duplexd.audio.frames import FRAME_MS, frame_samples
 from duplexd.audio.jitter import JitterBuffer
+from duplexd.audio.resample import StreamResampler
 from duplexd.errors import AuthError, DaemonUnavailable, DuplexError, InvalidArgument
 from duplexd.orchestrator.protocol import unpack_audio
 
@@ -146,10 +147,18 @@ class LiveConversation:
     """
 
     def __init__(
-        self, client: VoiceClient, on_event: Callable[[dict[str, Any]], None] | None = None
+        self,
+        client: VoiceClient,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        echo_db: float | None = None,
     ) -> None:
         self.client = client
         self.on_event = on_event
+        # a speakerphone: what the speaker plays leaks back into the mic at this gain
+        self._echo_gain = None if echo_db is None else 10 ** (echo_db / 20)
+        self._echo_resampler = StreamResampler(48_000, 16_000)
+        self._echo_fifo = np.zeros(0, np.int16)
         self.result = Conversation()
         self._step = frame_samples(16_000)
         self._pending: collections.deque[np.ndarray] = collections.deque()
@@ -220,11 +229,25 @@ class LiveConversation:
             frame = self._pending.popleft() if self._pending else silence
             if not self._pending:
                 self._drained.set()
+            played = self._jitter.pop()  # the speaker plays on the mic's clock
+            frame = self._with_echo(frame, played)
             self._mic.append(frame)
             await self.client.send_audio(frame.tobytes())
-            self._speaker.append(self._jitter.pop())  # the speaker plays on the mic's clock
+            self._speaker.append(played)
             i += 1
             await asyncio.sleep(max(self._t0 + i * FRAME_MS / 1000 - time.perf_counter(), 0))
+
+    def _with_echo(self, frame: np.ndarray, played: bytes) -> np.ndarray:
+        if self._echo_gain is None:
+            return frame
+        fresh = self._echo_resampler.process(np.frombuffer(played, "<i2").astype(np.int16))
+        self._echo_fifo = np.concatenate([self._echo_fifo, fresh])
+        echo = np.zeros(len(frame), np.float32)
+        take = min(len(frame), len(self._echo_fifo))  # the resampler's delay: a few short ticks
+        echo[len(frame) - take :] = self._echo_fifo[:take]
+        self._echo_fifo = self._echo_fifo[take:]
+        mixed = frame.astype(np.float32) + echo * self._echo_gain
+        return np.clip(mixed, -32768, 32767).astype(np.int16)
 
     async def _read(self) -> None:
         async for item in self.client.messages():
