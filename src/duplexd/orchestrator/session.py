@@ -299,12 +299,18 @@ class Session:
 
     async def _run_reply(self) -> None:
         await self._maybe_upgrade_model()
-        if self.tts is None:
-            return
+        tts = self.tts
+        if tts is None:  # its worker died earlier: find one now, or say why not
+            try:
+                tts = await self._bind_tts(self.hello.model)
+            except DuplexError as exc:
+                self.out.event(event("error", code="no_worker", message=str(exc), fatal=False))
+                return
+            self.out.event(event("worker", worker=tts.worker, model=tts.model_id))
         self.turn += 1
         times = self._times
         reply = Reply(
-            turn=self.turn, tts=self.tts, responder=self.responder, history=list(self.history),
+            turn=self.turn, tts=tts, responder=self.responder, history=list(self.history),
             on_audio=self._send_audio, on_unit=self._on_unit,
             on_first_audio=self._on_first_audio,
         )  # fmt: skip
