@@ -1,0 +1,10 @@
+"""`duplexctl dash`: a Textual dashboard of the daemons, their models, latency and logs.
+
+Layout (one widget per file, as in posting and harlequin): ``data.py`` polls every source into
+an immutable `Snapshot`; ``widgets/`` holds one panel per file, each drawing a `Snapshot`;
+``screens/`` holds the dashboard, the yes/no modal and the command-palette providers;
+``app.py`` wires them up. Importing this package imports nothing; textual and grpc load with
+``duplexctl.tui.app``.
+"""
+
+__all__: list[str] = []
