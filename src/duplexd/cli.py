@@ -34,6 +34,14 @@ ReadyFile = Annotated[
     typer.Option("--ready-file", help="write {pid, addr, port, metrics_port} here once serving"),
 ]
 
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        help="Redis registry URL: redis://[USER:PASS@]HOST:6379/0 or rediss:// (DUPLEX_REDIS_URL)",
+    ),
+]
+
 
 @app.callback()
 def _root() -> None:
@@ -87,6 +95,13 @@ def worker(
         bool | None,
         typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
     ] = None,
+    redis: RedisOpt = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise", help="HOST[:PORT] orchestrators dial (multi-host); default: bound addr"
+        ),
+    ] = None,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
 ) -> None:
@@ -109,6 +124,8 @@ def worker(
         "auth.tls_key": tls_key,
         "auth.tls_client_ca": tls_client_ca,
         "auth.allow_insecure_remote": allow_insecure_remote,
+        "redis.url": redis,
+        "redis.advertise": advertise,
     }
     from duplexd.config import WorkerConfig, load_config
     from duplexd.logging import configure_logging
@@ -149,6 +166,7 @@ def orchestrator(
         bool | None,
         typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
     ] = None,
+    redis: RedisOpt = None,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
 ) -> None:
@@ -165,6 +183,7 @@ def orchestrator(
         "routing.policy": routing,
         "sessions.record_dir": record,
         "auth.allow_insecure_remote": allow_insecure_remote,
+        "redis.url": redis,
     }
     from duplexd.config import OrchestratorConfig, load_config
     from duplexd.logging import configure_logging

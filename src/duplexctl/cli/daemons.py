@@ -5,6 +5,11 @@ reports ready, then supervises them: pings, restarts a crashed one with backoff,
 of them gracefully on Ctrl-C. With ``--detach`` a background supervisor does the same, and
 `status`, `logs` and `down` find it through the state directory
 (``$DUPLEX_STATE_DIR``, else the platform's user state dir).
+
+Fleet mode: ``up --redis URL`` has the workers announce themselves in that Redis registry and
+the orchestrator discover workers there (local ones and any that join from other hosts with
+`duplexctl worker join`); ``status`` lists every registered worker when a Redis URL is given
+(``--redis`` or ``DUPLEX_REDIS_URL``).
 """
 
 # supervise, grpc and httpx load inside the commands: `--help` stays fast
@@ -15,7 +20,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -37,6 +42,15 @@ _STATE_STYLES = {
     "stopping": "yellow",
 }
 _NOTHING = "no daemons running — start them with `duplexctl up`"
+
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        help="Redis fleet registry, redis://[USER:PASS@]HOST:6379/0 or rediss:// "
+        "(default: DUPLEX_REDIS_URL).",
+    ),
+]
 
 
 def up(
@@ -75,6 +89,14 @@ def up(
     timeout: Annotated[
         float, typer.Option(help="Seconds each daemon may take to become ready.")
     ] = 120.0,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Redis registry URL: workers announce themselves, the orchestrator discovers "
+            "them (also remote ones). Default: DUPLEX_REDIS_URL, else the static registry.",
+        ),
+    ] = None,
 ) -> None:
     """Start the orchestrator and TTS workers, wait until ready, and supervise them.
 
@@ -85,6 +107,9 @@ def up(
       duplexctl up --detach                 the same in the background; see `duplexctl status`
 
       duplexctl up --gpus 0,1 -d            one worker per GPU
+
+      duplexctl up --gpus 0,1 --redis redis://localhost:6379/0 -d
+                                            the same, announced in a Redis fleet registry
 
       duplexctl up --no-orchestrator -n 2   two workers only (e.g. a GPU box joining a fleet)
 
@@ -103,6 +128,7 @@ def up(
         base_port=base_port,
         metrics_base_port=metrics_base_port,
         orchestrator_port=orchestrator_port,
+        redis_url=redis,
     )
     try:
         specs = plan_daemons(opts, store)
@@ -219,27 +245,35 @@ def down(
         console.print("nothing was running; cleared the stale state")
 
 
-def status() -> None:
+def status(redis: RedisOpt = None) -> None:
     """Show each daemon: pid, address, state, uptime, restarts and a live ping.
 
+    With a Redis registry (--redis or DUPLEX_REDIS_URL): every worker of the fleet, too.
+
     Exit code 0 when the supervisor runs (or nothing was started), 8 when the state says
-    daemons were started but their supervisor is gone.
+    daemons were started but their supervisor is gone; 8 (7: credentials refused) when the
+    registry cannot be read.
 
     [bold]Examples[/bold]
 
       duplexctl status
 
+      duplexctl status --redis redis://10.0.0.2:6379/0  the whole fleet
+
       DUPLEX_STATE_DIR=/tmp/duplex duplexctl status     another state directory
     """
+    from duplexctl.client.fleet import redis_url
     from duplexctl.supervise.state import StateStore
 
     store = StateStore()
     state = store.read()
+    url = redis_url(redis)
     if state is None:
-        console.print(_NOTHING)
-        return
-    _print_status(state)
-    if not state.supervisor_alive():
+        console.print(_NOTHING if url is None else "no daemons running on this host")
+    else:
+        _print_status(state)
+    fleet_error = _print_fleet(url) if url else None
+    if state is not None and not state.supervisor_alive():
         fail(
             DaemonUnavailable(
                 f"the supervisor (pid {state.supervisor_pid}) is not running",
@@ -247,7 +281,46 @@ def status() -> None:
                 "then `duplexctl up`",
             )
         )
-    console.print(f"supervisor pid {state.supervisor_pid} · {state.phase} · state {store.root}")
+    if state is not None:
+        console.print(f"supervisor pid {state.supervisor_pid} · {state.phase} · state {store.root}")
+    if fleet_error is not None:
+        fail(fleet_error)
+
+
+def _print_fleet(url: str) -> DuplexError | None:
+    """The registry's workers as a table; the error instead when Redis cannot be read."""
+    from duplexctl.client.fleet import registry_entries
+    from duplexd.fleet.keys import redact_url
+
+    try:
+        entries = registry_entries(url)
+    except DuplexError as exc:
+        return exc
+    where = redact_url(url)
+    if not entries:
+        console.print(f"fleet registry {where}: no workers registered")
+        return None
+    # SESS/Q: sessions / queued frames; P50: first-audio latency; SEEN: since the last heartbeat
+    columns = ("WORKER", "ADDRESS", "DEVICE", "RESIDENT", "SESS/Q", "P50", "SEEN")
+    rows = [_fleet_row(e) for e in entries]
+    title = f"fleet registry {where}: {len(entries)} worker{'s' if len(entries) != 1 else ''}"
+    console.print(table(*columns, rows=rows, title=title, no_wrap=columns))
+    return None
+
+
+def _fleet_row(e: dict[str, Any]) -> list[str | Text]:
+    metrics, hardware = e.get("metrics") or {}, e.get("hardware") or {}
+    age = max(time.time() - float(e.get("heartbeat_unix") or 0), 0.0)
+    p50 = float(metrics.get("p50_ms") or 0)
+    return [
+        str(e["name"]),
+        str(e["addr"]).removeprefix("grpc://"),
+        str(hardware.get("device") or "—"),
+        "\n".join(e.get("resident_models") or []) or "—",  # one per line: ids never fold
+        f"{metrics.get('active_sessions', '?')}/{metrics.get('queue_depth', '?')}",
+        f"{p50:.0f}ms" if p50 else "—",
+        f"{age:.1f}s",
+    ]
 
 
 def _print_status(state: FleetState) -> None:

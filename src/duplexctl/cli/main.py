@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from duplexctl import __version__
-from duplexctl.cli import daemons, demo, doctor, models, say
+from duplexctl.cli import daemons, dash, demo, doctor, models, say, worker
 
 __all__ = ["app", "main"]
 
@@ -85,7 +85,9 @@ for _daemon_cmd in (daemons.up, daemons.down, daemons.status, daemons.logs):
     app.command()(_daemon_cmd)
 app.command(name="say")(say.say)
 app.command(name="demo")(demo.demo)
+app.command(name="dash")(dash.dash)
 app.add_typer(models.app, name="models")
+app.add_typer(worker.app, name="worker")
 app.command(name="doctor")(doctor.doctor_command)
 
 

@@ -6,7 +6,8 @@ Every other command is one RPC per model and worker; a refusal (unknown model, i
 room, busy) prints the worker's reason and exits with that error's code (see errors.py).
 
 Without ``--worker`` a command goes to every worker `duplexctl up` started (else to
-127.0.0.1:7001).
+127.0.0.1:7001). With a fleet registry (``--redis URL`` or ``DUPLEX_REDIS_URL``) `list` shows
+every registered worker too, and ``--worker NAME`` also finds workers registered there.
 """
 
 # grpc loads inside the commands so `duplexctl --help` stays instant
@@ -51,6 +52,8 @@ app = typer.Typer(
   duplexctl models unload espeak-en --force      even if pinned or the default
 
   duplexctl models list --worker 10.0.0.7:7001   one worker, by address or daemon name
+
+  duplexctl models list --redis redis://h:6379   every worker registered in the fleet
 """,
 )
 
@@ -62,6 +65,13 @@ WorkerOpt = Annotated[
         help="Daemon name (tts-worker@0) or HOST:PORT (default: every started worker).",
     ),
 ]
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        help="Fleet registry URL (default: DUPLEX_REDIS_URL): include registered workers.",
+    ),
+]
 ModelArg = Annotated[str, typer.Argument(help="Model id, as `duplexctl models list` shows it.")]
 
 _STATES = {1: "not loaded", 2: "loading", 3: "resident", 4: "unloading", 5: "unavailable"}
@@ -69,9 +79,9 @@ _STATE_STYLES = {"resident": "green", "loading": "yellow", "unloading": "yellow"
 
 
 @app.command("list")
-def list_models(worker: WorkerOpt = None) -> None:
+def list_models(worker: WorkerOpt = None, redis: RedisOpt = None) -> None:
     """Show every catalog model on each worker: state, leases, pin, memory and TTL."""
-    targets = _targets(worker)
+    targets = _targets(worker, redis, whole_fleet=True)
     results = _run(_gather(targets, lambda c: c.list_models()))
     rows: list[list[str | Text]] = []
     unavailable: list[str] = []
@@ -126,21 +136,25 @@ def load(
     model: ModelArg,
     worker: WorkerOpt = None,
     pin: Annotated[bool, typer.Option("--pin", help="Also pin it (never evicted).")] = False,
+    redis: RedisOpt = None,
 ) -> None:
     """Load and warm a model (evicting idle ones if memory is short)."""
-    _each(_targets(worker), [model], lambda c, m: c.load_model(m, pin=pin), _loaded, "loading")
+    _each(
+        _targets(worker, redis), [model], lambda c, m: c.load_model(m, pin=pin), _loaded, "loading"
+    )
 
 
 @app.command()
 def preload(
     models: Annotated[str, typer.Argument(help="Comma-separated model ids: A,B,C.")],
     worker: WorkerOpt = None,
+    redis: RedisOpt = None,
 ) -> None:
     """Load several models, one after the other."""
     ids = [m.strip() for m in models.split(",") if m.strip()]
     if not ids:
         fail(InvalidArgument("no model ids given", hint="e.g. `duplexctl models preload A,B`"))
-    _each(_targets(worker), ids, lambda c, m: c.load_model(m), _loaded, "loading")
+    _each(_targets(worker, redis), ids, lambda c, m: c.load_model(m), _loaded, "loading")
 
 
 @app.command()
@@ -150,21 +164,26 @@ def unload(
     force: Annotated[
         bool, typer.Option("--force", help="Also unload a pinned or default model.")
     ] = False,
+    redis: RedisOpt = None,
 ) -> None:
     """Unload a resident model (refused while sessions use it)."""
-    _each(_targets(worker), [model], lambda c, m: c.unload_model(m, force=force), _unloaded, "")
+    _each(
+        _targets(worker, redis), [model], lambda c, m: c.unload_model(m, force=force), _unloaded, ""
+    )
 
 
 @app.command()
-def pin(model: ModelArg, worker: WorkerOpt = None) -> None:
+def pin(model: ModelArg, worker: WorkerOpt = None, redis: RedisOpt = None) -> None:
     """Pin a model: loaded if needed, then never evicted until unpinned."""
-    _each(_targets(worker), [model], lambda c, m: c.load_model(m, pin=True), _pinned, "pinning")
+    _each(
+        _targets(worker, redis), [model], lambda c, m: c.load_model(m, pin=True), _pinned, "pinning"
+    )
 
 
 @app.command()
-def unpin(model: ModelArg, worker: WorkerOpt = None) -> None:
+def unpin(model: ModelArg, worker: WorkerOpt = None, redis: RedisOpt = None) -> None:
     """Clear a pin: the model follows the idle TTL and LRU eviction again."""
-    _each(_targets(worker), [model], lambda c, m: c.load_model(m, unpin=True), _unpinned, "")
+    _each(_targets(worker, redis), [model], lambda c, m: c.load_model(m, unpin=True), _unpinned, "")
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -196,11 +215,24 @@ def _unloaded(model: str, where: str, resp: Any) -> str:
 # -- plumbing --------------------------------------------------------------------------------
 
 
-def _targets(selector: str | None) -> list[WorkerTarget]:
-    from duplexctl.client.fleet import resolve_workers
+def _targets(
+    selector: str | None, redis: str | None = None, *, whole_fleet: bool = False
+) -> list[WorkerTarget]:
+    """Local workers (or `selector`); with a registry, registered ones too (see module doc)."""
+    from duplexctl.client.fleet import redis_url, registered_workers, resolve_workers
+    from duplexd.fleet.keys import redact_url
 
+    url = redis_url(redis)
+    registered: list[WorkerTarget] = []
+    if url and (whole_fleet or (selector is not None and ":" not in selector)):
+        try:
+            registered = registered_workers(url)
+        except DuplexError as exc:
+            err_console.print(
+                Text(f"warning: fleet registry {redact_url(url)}: {exc.message}", style="yellow")
+            )
     try:
-        return resolve_workers(selector)
+        return resolve_workers(selector, registered=registered, whole_fleet=whole_fleet)
     except DuplexError as exc:
         fail(exc)
 

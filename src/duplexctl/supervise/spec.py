@@ -4,6 +4,12 @@ Ports are fixed by the plan (not picked by the daemons) so the orchestrator can 
 workers' addresses before they start, and so a restarted daemon comes back where clients
 expect it. A busy port is reported before anything starts: gRPC binds with SO_REUSEPORT, so
 without this check a second worker could silently share a port with a running one.
+
+With ``--gpus`` each worker sees exactly one GPU (``CUDA_VISIBLE_DEVICES``, round robin when
+there are more workers than GPUs) and runs on ``cuda:0`` inside it. With ``--redis`` every
+daemon gets ``DUPLEX_REDIS_URL`` (in its environment, so a password never shows in ``ps``):
+workers announce themselves there and the orchestrator discovers them (it keeps the local
+workers as static entries too, so it routes to them even while Redis is down).
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class UpOptions:
     base_port: int = DEFAULT_BASE_PORT
     metrics_base_port: int | None = None  # None: base_port + METRICS_OFFSET
     orchestrator_port: int = DEFAULT_ORCHESTRATOR_PORT
+    redis_url: str | None = None  # fleet registry for every daemon (DUPLEX_REDIS_URL)
 
 
 def plan_daemons(opts: UpOptions, store: StateStore) -> list[DaemonSpec]:
@@ -116,7 +123,7 @@ def _worker_spec(i: int, opts: UpOptions, store: StateStore, config: Path | None
     argv = [sys.executable, "-m", "duplexd", "worker", "--port", str(port)]
     argv += ["--metrics-port", str(metrics), "--name", name]
     argv += ["--ready-file", str(store.ready_file(name))]
-    env: dict[str, str] = {}
+    env = _redis_env(opts)
     if opts.gpus:
         # One GPU per worker; inside the worker it is always cuda:0.
         env["CUDA_VISIBLE_DEVICES"] = opts.gpus[i % len(opts.gpus)]
@@ -154,9 +161,14 @@ def _orchestrator_spec(
         argv=tuple(argv),
         ready_file=store.ready_file(name),
         log_file=store.log_file(name),
+        env=_redis_env(opts),
         addr=f"{HOST}:{port}",
         ports={port: "orchestrator HTTP"},
     )
+
+
+def _redis_env(opts: UpOptions) -> dict[str, str]:
+    return {"DUPLEX_REDIS_URL": opts.redis_url} if opts.redis_url else {}
 
 
 def _config_files(config_dir: Path | None) -> tuple[Path | None, Path | None]:

@@ -32,11 +32,16 @@ async def run_orchestrator(
     ensure_safe_bind(cfg.server.host, cfg.auth.api_key, cfg.auth.allow_insecure_remote)
     policy = RoutingPolicy.load(resolve_path(cfg.routing.policy_file, config_file))
     policy.mode(cfg.routing.policy)  # an unknown mode fails now, not at the first caller
+    if "prefer_resident" in cfg.routing.model_fields_set:  # set in config/env: every mode
+        policy = policy.model_copy(update={"modes": {
+            name: mode.model_copy(update={"prefer_resident": cfg.routing.prefer_resident})
+            for name, mode in policy.modes.items()
+        }})  # fmt: skip
     asr = await asyncio.to_thread(
         create_asr, cfg.asr.engine, cfg.asr.model, device=cfg.asr.device,
         compute_type=cfg.asr.compute_type, cpu_threads=cfg.asr.threads, language=cfg.asr.language,
     )  # fmt: skip
-    registry = StaticRegistry(cfg.workers, api_key=cfg.auth.api_key)
+    registry = _registry(cfg)
     await registry.start()
     server = OrchestratorServer(SessionDeps(cfg, asr, registry, policy, OrchTelemetry()))
     runner = web.AppRunner(server.app, access_log=None)
@@ -57,6 +62,19 @@ async def run_orchestrator(
     await runner.cleanup()
     await registry.aclose()
     log.info("orchestrator stopped")
+
+
+def _registry(cfg: OrchestratorConfig) -> StaticRegistry:
+    """The static workers from config, plus the Redis registry when redis.url is set.
+
+    With Redis, the built-in default worker list (127.0.0.1:7001) is dropped unless workers
+    were configured explicitly (file, env or --worker): the fleet comes from Redis."""
+    if not cfg.redis.url:
+        return StaticRegistry(cfg.workers, api_key=cfg.auth.api_key)
+    from duplexd.fleet.discovery import RedisRegistry
+
+    static = cfg.workers if "workers" in cfg.model_fields_set else []
+    return RedisRegistry(static, cfg.redis, api_key=cfg.auth.api_key)
 
 
 def _write_ready(path: Path | None, addr: str, port: int) -> None:

@@ -2,7 +2,9 @@
 
 The static registry (the embedded default) polls each configured worker's GetCapabilities and
 ListModels about once a second; a worker that does not answer is marked unhealthy and routed
-around until it answers again.
+around until it answers again. `duplexd.fleet.discovery.RedisRegistry` extends it: its worker
+list also follows the Redis registry (`source="redis"` handles come and go with the workers'
+announcements), while the polling stays the same.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from duplexd.config import WorkerEndpoint
 from duplexd.errors import DuplexError
@@ -33,6 +36,8 @@ class WorkerHandle:
     models: list[pb.ModelInfo] = field(default_factory=list)
     last_error: str = ""
     last_seen: float = 0.0
+    source: str = "static"  # "static" (config / --worker) | "redis" (announced)
+    announcement: dict[str, Any] | None = None  # the worker's last Redis entry, if any
 
     @property
     def resident(self) -> list[str]:
@@ -63,6 +68,8 @@ class WorkerHandle:
             "fal_p50_ms": round(self.fal_p50_ms, 1),
             "sessions": self.caps.metrics.active_sessions if self.caps else 0,
             "last_error": self.last_error,
+            "source": self.source,
+            "host": (self.announcement or {}).get("host"),
         }
 
 

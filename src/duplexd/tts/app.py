@@ -7,6 +7,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
@@ -19,6 +20,9 @@ from duplexd.metrics import serve_metrics
 from duplexd.rpc import tts_pb2_grpc as pb_grpc
 from duplexd.tts.server import ApiKeyInterceptor, TTSServicer
 from duplexd.tts.worker import Worker
+
+if TYPE_CHECKING:
+    from duplexd.fleet.announce import Announcer
 
 __all__ = ["run_worker", "server_credentials"]
 
@@ -46,6 +50,10 @@ async def run_worker(
 ) -> None:
     cfg = config.worker
     ensure_safe_bind(cfg.host, config.auth.api_key, config.auth.allow_insecure_remote)
+    if config.redis.url:  # a wrong password fails now, not after the models are loaded
+        from duplexd.fleet.announce import preflight
+
+        await preflight(config.redis.url)
     worker = Worker(config, config_file)
     await worker.start()  # default model loaded + warm before we accept a single call
     server = aio.server(interceptors=[ApiKeyInterceptor(config.auth.api_key)])
@@ -64,7 +72,13 @@ async def run_worker(
     )
     for service in ("", _SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    _write_ready(ready_file, addr, port, metrics_port)
+    try:
+        announcer = await _announce(config, worker, port)  # None without redis.url
+    except BaseException:  # e.g. Redis refused the password, or the name is taken
+        await server.stop(grace=0)
+        await worker.aclose()
+        raise
+    _write_ready(ready_file, addr, port, metrics_port, announcer)
     log.info(
         "worker ready",
         addr=addr,
@@ -78,6 +92,8 @@ async def run_worker(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("worker draining")
+    if announcer is not None:  # leave the registry first: no new sessions come our way
+        await announcer.aclose()
     for service in ("", _SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace=5.0)
@@ -85,11 +101,32 @@ async def run_worker(
     log.info("worker stopped")
 
 
-def _write_ready(path: Path | None, addr: str, port: int, metrics_port: int) -> None:
+async def _announce(config: WorkerConfig, worker: Worker, port: int) -> Announcer | None:
+    """Fleet mode (redis.url set): announce this worker in the Redis registry."""
+    if not config.redis.url:
+        return None
+    from duplexd.fleet.announce import Announcer, advertised_addr
+
+    advertise = advertised_addr(config.redis.advertise, config.worker.host, port)
+    announcer = Announcer(worker, advertise, config.redis)
+    await announcer.start()
+    return announcer
+
+
+def _write_ready(
+    path: Path | None, addr: str, port: int, metrics_port: int, announcer: Announcer | None
+) -> None:
     """A readiness file for supervisors and tests: written atomically once serving."""
     if path is None:
         return
-    info = {"pid": os.getpid(), "addr": addr, "port": port, "metrics_port": metrics_port}
+    info: dict[str, object] = {
+        "pid": os.getpid(), "addr": addr, "port": port, "metrics_port": metrics_port,
+    }  # fmt: skip
+    if announcer is not None:
+        info["registry"] = {
+            "redis": announcer.where, "key": announcer.key,
+            "advertise": announcer.addr, "registered": announcer.connected,
+        }  # fmt: skip
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     tmp.replace(path)
