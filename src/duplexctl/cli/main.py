@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from duplexctl import __version__
-from duplexctl.cli import daemons, dash, demo, doctor, models, say, worker
+from duplexctl.cli import daemons, dash, demo, doctor, models, say, talk, worker
 
 __all__ = ["app", "main"]
 
@@ -83,6 +83,7 @@ def _root(
 # --- command groups: one line each (see the module docstring) ------------------------------
 for _daemon_cmd in (daemons.up, daemons.down, daemons.status, daemons.logs):
     app.command()(_daemon_cmd)
+app.command(name="talk")(talk.talk)
 app.command(name="say")(say.say)
 app.command(name="demo")(demo.demo)
 app.command(name="dash")(dash.dash)

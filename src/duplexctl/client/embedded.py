@@ -90,14 +90,17 @@ class EmbeddedStack:
         timeout_s: float = 120.0,
     ) -> None:
         self._own_dir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="duplex-embedded-"))
+        self.workdir = workdir or Path(tempfile.gettempdir())  # a private folder at start()
         self.worker_args = list(worker_args)
         self.orchestrator_args = list(orchestrator_args)
         self.env = {**os.environ, **(env or {})}
         self.timeout_s = timeout_s
         self.addr = ""
         self.children: list[_Child] = []
+        self._lock = threading.Lock()  # start() may still run in a thread while stop() runs
+        self._stopping = False
         self._old_sigterm: Any = None
+        self._loop_trap: asyncio.AbstractEventLoop | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -109,7 +112,7 @@ class EmbeddedStack:
         self._trap_sigterm()
         try:
             return self.start()
-        except BaseException:
+        except BaseException:  # Ctrl-C, SIGTERM or a failed start: no orphans
             self.stop()
             raise
 
@@ -119,22 +122,28 @@ class EmbeddedStack:
         self.stop()
 
     async def __aenter__(self) -> str:
-        self._trap_sigterm()
+        self._trap_sigterm_async()
         try:
             return await asyncio.to_thread(self.start)
-        except BaseException:  # Ctrl-C or cancellation while starting: no orphans
-            self.stop()
+        except BaseException:  # cancelled while starting: stop() also ends a start() in flight
+            await asyncio.shield(asyncio.to_thread(self._stop_children))
+            self._untrap()
             raise
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await asyncio.to_thread(self.stop)
+        try:
+            await asyncio.shield(asyncio.to_thread(self._stop_children))
+        finally:
+            self._untrap()
 
     # -- start and stop ----------------------------------------------------------------------
 
     def start(self) -> str:
         """Start both daemons at once (the worker's port is chosen first) and wait for ready."""
+        if self._own_dir:
+            self.workdir = Path(tempfile.mkdtemp(prefix="duplex-embedded-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         worker_port = _free_port()
         worker = self._spawn(
@@ -155,18 +164,24 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """SIGTERM to each child, then SIGKILL after the grace period; idempotent."""
-        for child in self.children:
+        self._stop_children()
+        self._untrap()
+
+    def _stop_children(self) -> None:
+        with self._lock:
+            self._stopping = True
+            children = list(self.children)
+        for child in children:
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + _GRACE_S
-        for child in self.children:
+        for child in children:
             try:
                 child.proc.wait(max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()
-        self._restore_sigterm()
-        if self._own_dir:
+        if self._own_dir and self.workdir.name.startswith("duplex-embedded-"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, kind: str, args: list[str]) -> _Child:
@@ -174,12 +189,14 @@ class EmbeddedStack:
         ready.unlink(missing_ok=True)
         log_file = self.workdir / f"{kind}.log"
         cmd = [sys.executable, "-m", "duplexd", kind, "--ready-file", str(ready), *args]
-        with log_file.open("wb") as log:
+        with self._lock, log_file.open("wb") as log:
+            if self._stopping:
+                raise DaemonUnavailable("the embedded stack was stopped while starting")
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
             )
-        child = _Child(kind, proc, ready, log_file)
-        self.children.append(child)
+            child = _Child(kind, proc, ready, log_file)
+            self.children.append(child)
         return child
 
     def _wait_ready(self, child: _Child, deadline: float) -> dict[str, Any]:
@@ -190,14 +207,14 @@ class EmbeddedStack:
                     f"{child.log_tail()}",
                     hint=f"full log: {child.log_file}",
                 )
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self._stopping:
                 raise DaemonUnavailable(f"the embedded {child.kind} was not ready in time")
             time.sleep(0.05)
         return info
 
     def _wait_worker_resident(self, deadline: float) -> None:
         """The orchestrator polls its worker; /readyz says when a session would find it."""
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stopping:
             try:
                 with urllib.request.urlopen(f"http://{self.addr}/readyz", timeout=1.0):
                     return
@@ -205,16 +222,32 @@ class EmbeddedStack:
                 time.sleep(0.1)
         raise DaemonUnavailable("the embedded orchestrator never saw its worker ready")
 
-    # -- SIGTERM: run the finally blocks instead of dying with children alive -------------
+    # -- SIGTERM: unwind (and stop the children) instead of dying with them alive ---------
+    # Sync use: SIGTERM raises SystemExit, so `with` blocks run. Async use: it cancels the
+    # task that entered, so `async with` blocks run (an exception raised from a signal
+    # handler in the middle of the event loop would skip them).
 
     def _trap_sigterm(self) -> None:
         if threading.current_thread() is threading.main_thread():
             self._old_sigterm = signal.signal(signal.SIGTERM, _raise_exit)
 
-    def _restore_sigterm(self) -> None:
-        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+    def _trap_sigterm_async(self) -> None:
+        task = asyncio.current_task()
+        if threading.current_thread() is not threading.main_thread() or task is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._old_sigterm = signal.getsignal(signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        self._loop_trap = loop
+
+    def _untrap(self) -> None:
+        if self._old_sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        if self._loop_trap is not None:
+            self._loop_trap.remove_signal_handler(signal.SIGTERM)
+            self._loop_trap = None
+        signal.signal(signal.SIGTERM, self._old_sigterm)
+        self._old_sigterm = None
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
