@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything duplex needs on Debian/Ubuntu: system packages, uv, the locked venv.
 #   bash scripts/setup.sh         runtime: PortAudio, espeak-ng, the default install
-#   bash scripts/setup.sh --dev   + test tools: redis-server, jackd2 (dummy audio), sox, dev group
+#   bash scripts/setup.sh --dev   + test tools: redis-server, jackd2 (dummy audio), sox, Chromium
+#                                 and chromedriver (browser tests), the dev group
 # Idempotent: a second run only checks. Needs root (or passwordless sudo) only to add packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 pkgs=(libportaudio2 espeak-ng)
-(( dev )) && pkgs+=(redis-server jackd2 sox)
+(( dev )) && pkgs+=(redis-server jackd2 sox chromium chromium-driver)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -151,8 +151,15 @@ class ServerConfig(_Section):
 
 
 class TransportConfig(_Section):
-    webrtc: bool = Field(False, description="serve WebRTC (WHIP) callers")
+    webrtc: bool = Field(
+        True, description="serve WebRTC (WHIP at /whip; needs the `webrtc` extra: aiortc)"
+    )
     ws_fallback: bool = Field(True, description="serve the WebSocket protocol")
+    ice_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs for WebRTC, e.g. stun:stun.example.org:3478 or "
+        "turn:USER:PASS@turn.example.org:3478?transport=udp; empty = loopback/LAN only",
+    )
 
 
 class AsrConfig(_Section):

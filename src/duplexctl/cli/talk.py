@@ -74,6 +74,9 @@ def talk(
     text: Annotated[
         bool, typer.Option("--text", help="Type instead of speak: one line of stdin per turn.")
     ] = False,
+    codec: Annotated[
+        str, typer.Option("--codec", help="audio on the link: pcm, or opus (~10x less bandwidth)")
+    ] = "pcm",
     headphones: Annotated[
         bool,
         typer.Option(
@@ -147,6 +150,7 @@ def talk(
             raise InvalidArgument(f"--sample-rate {sample_rate}: use 16000 or 48000")
         hello = _hello(model, voice, language, llm_url, llm_model, llm_api_key, api_key)
         hello["aec"] = not headphones
+        hello["codec"] = codec
         if input_ is not None and _is_wav(input_):
             _file_mode(url, Path(input_), output, events, hello, stereo=stereo, tail_s=tail)
         else:

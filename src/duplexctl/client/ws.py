@@ -1,6 +1,8 @@
 """A WebSocket client for the orchestrator's protocol, and conversations run from files.
 
-`VoiceClient` is the thin async wrapper (`talk`, `demo`, `bench` and the tests use it).
+`VoiceClient` is the thin async wrapper (`talk`, `demo`, `bench` and the tests use it). With
+`codec="opus"` (or `"codec": "opus"` in the hello) it encodes the mic frames it sends and decodes
+the reply audio it receives, so callers always deal in PCM frames.
 `run_file_conversation` plays a WAV as the microphone in real time and records what the
 speaker would have played on the same timeline, through the same jitter buffer as `talk`,
 writing every event as a JSON line: for scripting, tests and bug reports.
@@ -16,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
@@ -26,6 +28,9 @@ from duplexd.audio.jitter import JitterBuffer
 from duplexd.audio.resample import StreamResampler
 from duplexd.errors import AuthError, DaemonUnavailable, DuplexError, InvalidArgument
 from duplexd.orchestrator.protocol import unpack_audio
+
+if TYPE_CHECKING:
+    from duplexd.audio.opus import OpusDecoder, OpusEncoder
 
 __all__ = [
     "Conversation",
@@ -46,12 +51,27 @@ class Received:
 
 
 class VoiceClient:
-    def __init__(self, url: str, hello: dict[str, Any]) -> None:
+    """One session over the WebSocket protocol.
+
+    `codec` ("pcm", the default, or "opus"; also read from the hello) is negotiated in the
+    hello; `send_audio` always takes 20 ms PCM frames at the hello's rate and received audio is
+    always 1920 bytes of 48 kHz PCM, whatever travels on the wire. `bytes_sent` and
+    `bytes_received` count the audio payload bytes on the wire.
+    """
+
+    def __init__(self, url: str, hello: dict[str, Any], *, codec: str | None = None) -> None:
         self.url = url if "://" in url else f"ws://{url}/ws"
         self.hello = {"type": "hello", "version": 1, "sample_rate": 16_000, **hello}
+        self.codec = str(codec or self.hello.get("codec") or "pcm")
+        if self.codec != "pcm":
+            self.hello["codec"] = self.codec
         self._http: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.ready: dict[str, Any] = {}
+        self._encoder: OpusEncoder | None = None
+        self._decoder: OpusDecoder | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     async def __aenter__(self) -> VoiceClient:
         await self.connect()
@@ -69,6 +89,11 @@ class VoiceClient:
             raise DaemonUnavailable(
                 f"orchestrator at {self.url} unreachable: {exc}", hint="start it: `duplexctl up`"
             ) from None
+        if self.codec == "opus":
+            from duplexd.audio.opus import OpusDecoder, OpusEncoder
+
+            self._encoder = OpusEncoder(int(self.hello["sample_rate"]))
+            self._decoder = OpusDecoder(48_000)
         await self.ws.send_str(json.dumps(self.hello))
         async with asyncio.timeout(timeout_s):
             while True:
@@ -89,7 +114,11 @@ class VoiceClient:
         if msg.type == aiohttp.WSMsgType.TEXT:
             return Received(now, event=json.loads(msg.data))
         if msg.type == aiohttp.WSMsgType.BINARY:
-            return Received(now, audio=unpack_audio(msg.data))
+            self.bytes_received += len(msg.data)
+            if self._decoder is None:
+                return Received(now, audio=unpack_audio(msg.data))
+            seq, turn, flags, packet = unpack_audio(msg.data, "opus")
+            return Received(now, audio=(seq, turn, flags, self._decoder.decode_frame(packet)))
         return None
 
     async def messages(self) -> AsyncIterator[Received]:
@@ -97,8 +126,11 @@ class VoiceClient:
             yield item
 
     async def send_audio(self, pcm: bytes) -> None:
+        """One 20 ms PCM frame at the hello's rate (encoded here when the codec is opus)."""
         assert self.ws is not None
-        await self.ws.send_bytes(pcm)
+        data = self._encoder.encode(pcm) if self._encoder is not None else pcm
+        self.bytes_sent += len(data)
+        await self.ws.send_bytes(data)
 
     async def send_json(self, message: dict[str, Any]) -> None:
         assert self.ws is not None
@@ -122,6 +154,9 @@ def _error_of(ev: dict[str, Any]) -> DuplexError:
     return DaemonUnavailable(message) if code in ("unavailable", "busy") else DuplexError(message)
 
 
+_FIRST, _LAST = 1, 2
+
+
 @dataclass
 class Conversation:
     """What a conversation produced, on the mic's timeline (t_ms from its first frame)."""
@@ -132,6 +167,8 @@ class Conversation:
     frames_received: int = 0
     underruns: int = 0
     audio_log: list[tuple[float, int]] = field(default_factory=list)  # (t_ms, turn) per frame
+    # (first frame sent, end of last frame sent) of each scripted utterance, in t_ms
+    utterances: list[tuple[float, float | None]] = field(default_factory=list)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -162,6 +199,7 @@ class LiveConversation:
         self.result = Conversation()
         self._step = frame_samples(16_000)
         self._pending: collections.deque[np.ndarray] = collections.deque()
+        self._flags: collections.deque[int] = collections.deque()  # _FIRST/_LAST per frame
         self._mic: list[np.ndarray] = []
         self._speaker: list[bytes] = []
         self._jitter = JitterBuffer()
@@ -179,9 +217,17 @@ class LiveConversation:
         return bool(self._pending)
 
     def say(self, pcm_16k: np.ndarray) -> None:
+        """Queue an utterance; `utterances` gets its (first, last) frame send times."""
         step = self._step
         padded = np.concatenate([pcm_16k, np.zeros(-len(pcm_16k) % step, np.int16)])
-        self._pending.extend(padded.reshape(-1, step).astype(np.int16))
+        frames = list(padded.reshape(-1, step).astype(np.int16))
+        if not frames:
+            return
+        flags = [0] * len(frames)
+        flags[0] |= _FIRST
+        flags[-1] |= _LAST
+        self._pending.extend(frames)
+        self._flags.extend(flags)
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
@@ -227,15 +273,25 @@ class LiveConversation:
         silence = np.zeros(self._step, np.int16)
         while True:
             frame = self._pending.popleft() if self._pending else silence
+            flag = self._flags.popleft() if self._flags else 0
             if not self._pending:
                 self._drained.set()
             played = self._jitter.pop()  # the speaker plays on the mic's clock
             frame = self._with_echo(frame, played)
             self._mic.append(frame)
             await self.client.send_audio(frame.tobytes())
+            self._mark(flag)
             self._speaker.append(played)
             i += 1
             await asyncio.sleep(max(self._t0 + i * FRAME_MS / 1000 - time.perf_counter(), 0))
+
+    def _mark(self, flag: int) -> None:
+        """Send times of each utterance's first frame and the end of its last frame."""
+        if flag & _FIRST:
+            self.result.utterances.append((self.now_ms, None))
+        if flag & _LAST and self.result.utterances:
+            start, _ = self.result.utterances[-1]
+            self.result.utterances[-1] = (start, self.now_ms + FRAME_MS)
 
     def _with_echo(self, frame: np.ndarray, played: bytes) -> np.ndarray:
         if self._echo_gain is None:

@@ -4,7 +4,9 @@ Client -> server: one JSON `hello` first, then binary messages of exactly one 20
 s16le mono PCM at the declared rate (640 bytes at 16 kHz, 1920 at 48 kHz) and JSON messages
 (`text`, `llm`, `end`, `ping`). Server -> client: JSON events and binary audio frames, each an
 8-byte header (seq u32, turn u16, flags u16; little endian) followed by 1920 bytes of 48 kHz
-PCM. Nothing malformed closes the connection except a bad or missing hello.
+PCM. With `codec: "opus"` in the hello, every binary message in both directions carries one
+Opus packet instead of the PCM (after the same header, from the server). Nothing malformed
+closes the connection except a bad or missing hello.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from duplexd.audio.frames import FRAME_MS, SAMPLE_RATE, frame_bytes
 from duplexd.errors import InvalidArgument
 
 __all__ = [
+    "CODECS",
     "FLAG_LAST",
     "HEADER",
     "INPUT_RATES",
@@ -37,6 +40,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 INPUT_RATES = (16_000, 48_000)
+CODECS = ("pcm", "opus")
 HEADER = struct.Struct("<IHH")
 FLAG_LAST = 0x1  # the last frame of a reply
 
@@ -62,7 +66,7 @@ class Hello(_Msg):
     language: str | None = "en"
     llm: LlmChoice | None = None
     aec: bool = Field(True, description="the client cancels its own echo")
-    codec: Literal["pcm"] = "pcm"
+    codec: Literal["pcm", "opus"] = Field("pcm", description="audio encoding, both directions")
 
     def input_frame_bytes(self) -> int:
         return frame_bytes(self.sample_rate, FRAME_MS)
@@ -132,16 +136,26 @@ def _check_hello(hello: Hello) -> None:
         raise InvalidArgument(
             f"sample_rate {hello.sample_rate} not supported", hint="send 16000 or 48000 Hz"
         )
+    if hello.codec == "opus":
+        from duplexd.audio.opus import opus_available
+
+        if not opus_available():
+            raise InvalidArgument(
+                "codec opus is not available on this orchestrator (PyAV without libopus)",
+                hint='use codec "pcm"',
+            )
 
 
 def pack_audio(seq: int, turn: int, pcm: bytes, *, last: bool = False) -> bytes:
     return HEADER.pack(seq & 0xFFFFFFFF, turn & 0xFFFF, FLAG_LAST if last else 0) + pcm
 
 
-def unpack_audio(message: bytes) -> tuple[int, int, int, bytes]:
-    """(seq, turn, flags, pcm) of a server audio message."""
-    if len(message) != HEADER.size + frame_bytes(SAMPLE_RATE):
+def unpack_audio(message: bytes, codec: str = "pcm") -> tuple[int, int, int, bytes]:
+    """(seq, turn, flags, payload) of a server audio message: PCM, or one Opus packet."""
+    if codec == "pcm" and len(message) != HEADER.size + frame_bytes(SAMPLE_RATE):
         raise InvalidArgument(f"audio message has {len(message)} bytes")
+    if len(message) <= HEADER.size:
+        raise InvalidArgument(f"audio message has {len(message)} bytes: no payload")
     seq, turn, flags = HEADER.unpack_from(message)
     return seq, turn, flags, message[HEADER.size :]
 
