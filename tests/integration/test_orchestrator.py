@@ -293,7 +293,7 @@ async def test_audio_is_recorded_only_when_asked(tmp_path: Path) -> None:
         ) as orch,
     ):
         conv = await run_file_conversation(orch.addr, concat(silence(300), speech("hello")),
-                                           tail_ms=1500)  # fmt: skip
+                                           tail_ms=3500)  # fmt: skip
     sid = conv.events[0]["session_id"]
     user, bot = record / f"{sid}-user.wav", record / f"{sid}-bot.wav"
     import wave
