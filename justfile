@@ -62,3 +62,13 @@ bench *FLAGS:
 # A local Redis for fleet mode (apt redis-server), in the foreground
 redis PORT="6379":
     redis-server --port {{PORT}} --save "" --appendonly no
+
+# ===== Containers =====
+
+# Build the container images with podman or docker (default: orchestrator tts tts-isolated tts-cosyvoice; `all` adds tts-gpu and redis)
+containers *IMAGES:
+    bash scripts/containers_build.sh {{IMAGES}}
+
+# Build, bring the compose stack up under podman-compose, talk through it, kill/restore a worker, tear down
+containers-test:
+    bash scripts/containers_test.sh

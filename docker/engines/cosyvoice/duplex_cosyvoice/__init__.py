@@ -1,0 +1,1 @@
+"""CosyVoice 2 for duplexd workers: see `duplex_cosyvoice.adapter`."""
