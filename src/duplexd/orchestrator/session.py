@@ -51,6 +51,7 @@ log = get_logger("duplexd.orchestrator.session")
 _SPECULATE_AFTER_MS = 64  # two Silero windows of silence: start the final decode
 _PREROLL_MS = 600  # audio kept before a VAD onset (onset is detected after speech starts)
 _ECHO_LOSS_DB = 20.0  # assumed speaker -> mic attenuation for the echo guard
+_ECHO_WINDOW_MS = 500  # output that may still be echoing back into the mic
 
 
 @dataclass
@@ -106,7 +107,9 @@ class Session:
         self._holding: list[Int16Array] | None = None  # silence held back after begin_final
         self._times = TurnTimes()
         self._barge: BargeIn | None = None
-        self._out_level_db = float("-inf")
+        self._out_levels: collections.deque[float] = collections.deque(
+            maxlen=_ECHO_WINDOW_MS // FRAME_MS
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         record_dir = cfg.sessions.record_dir
         self.recorder = Recorder(record_dir, self.id, hello.sample_rate) if record_dir else None
@@ -218,7 +221,10 @@ class Session:
         """Without client AEC, our own voice returns through the mic; don't let it barge in."""
         if self.hello.aec or not self.cfg.turn.echo_guard:
             return False
-        expected_echo = self._out_level_db - _ECHO_LOSS_DB
+        # the echo at the mic may come from any frame sent in the last half second (lead,
+        # client buffer, acoustic path): compare with the loudest of them
+        loudest = max(self._out_levels, default=float("-inf"))
+        expected_echo = loudest - _ECHO_LOSS_DB
         return mic_db < expected_echo + self.cfg.turn.echo_guard_db
 
     def _begin_user_speech(self, speech_start_ms: int) -> None:
@@ -350,7 +356,7 @@ class Session:
         self.out.event(event("reply", text=text, turn=turn, final=False))
 
     def _send_audio(self, pcm: bytes, last: bool, level: float) -> None:
-        self._out_level_db = dbfs(level)
+        self._out_levels.append(dbfs(level))
         if self.recorder is not None:
             self.recorder.bot(pcm)
         self.out.audio(pack_audio(self._out_seq, self.turn, pcm, last=last))
