@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from duplexctl import __version__
-from duplexctl.cli import daemons, dash, demo, doctor, models, say, talk, worker
+from duplexctl.cli import bench, daemons, dash, demo, doctor, models, say, talk, worker
 
 __all__ = ["app", "main"]
 
@@ -87,6 +87,7 @@ app.command(name="talk")(talk.talk)
 app.command(name="say")(say.say)
 app.command(name="demo")(demo.demo)
 app.command(name="dash")(dash.dash)
+app.command(name="bench")(bench.bench)
 app.add_typer(models.app, name="models")
 app.add_typer(worker.app, name="worker")
 app.command(name="doctor")(doctor.doctor_command)
