@@ -105,7 +105,9 @@ class WorkerSection(_Section):
     )
     adapter: str | None = Field(None, description="restrict the worker to one adapter family")
     lead_ms: int = Field(120, ge=0, le=2000, description="audio sent ahead of real time")
-    queue_frames: int = Field(50, ge=2, description="per-session frame queue (backpressure bound)")
+    queue_frames: int = Field(
+        500, ge=2, description="frames the engine may run ahead of the pacer (10 s)"
+    )
     backpressure: Literal["stall", "drop_oldest"] = Field(
         "stall", description="when a client is slower than real time: stall or drop oldest frames"
     )
@@ -113,6 +115,11 @@ class WorkerSection(_Section):
     session_idle_timeout_s: float = Field(300.0, gt=0, description="end sessions idle this long")
     max_text_chars: int = Field(4000, ge=1, description="largest text accepted per utterance")
     synth_threads: int = Field(2, ge=1, description="threads running engine generation")
+    engine_threads: int = Field(
+        1,
+        ge=1,
+        description="threads inside one synthesis (ONNX intra-op); sessions run in parallel",
+    )
     resume_mode: Literal["next_unit", "exact"] = Field(
         "next_unit", description="RESUME at the next text unit (design) or the exact next frame"
     )

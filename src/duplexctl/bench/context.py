@@ -4,7 +4,7 @@ The embedded worker is started the first time a suite asks for it, with
 `duplexd.testing.procs.start_daemon` in the run's temporary folder, and stopped when the run
 ends; with ``--worker ADDR`` the bench only talks to that worker. In-process engines (the
 reference the worker's figures are compared with) are loaded once per run, with the same
-thread count a worker uses (``worker.synth_threads``), and closed at the end.
+thread count a worker uses (``worker.engine_threads``), and closed at the end.
 """
 
 from __future__ import annotations
@@ -197,10 +197,10 @@ class BenchContext:
         cls = adapter_class(meta.family)
         # A first, untimed load imports the engine's libraries (onnxruntime: ~0.5 s), which a
         # worker has done long before it reloads a model; the timed load below is like that.
-        primer = cls(meta, threads=self.config.worker.synth_threads)
+        primer = cls(meta, threads=self.config.worker.engine_threads)
         primer.load()
         primer.close()
-        adapter = cls(meta, threads=self.config.worker.synth_threads)
+        adapter = cls(meta, threads=self.config.worker.engine_threads)
         started = time.perf_counter()
         adapter.load()
         loaded = time.perf_counter()

@@ -189,7 +189,7 @@ class Worker:
         if only and meta.family != only:
             raise FailedPrecondition(f"worker {self.name} serves only the {only!r} family")
         adapter = adapter_class(meta.family)(
-            meta, device=self._device(), threads=self.config.worker.synth_threads
+            meta, device=self._device(), threads=self.config.worker.engine_threads
         )
         adapter.load()
         adapter.warmup(self.config.model_manager.warmup_text)

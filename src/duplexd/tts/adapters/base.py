@@ -9,6 +9,7 @@ sentence (Piper) go through one path, and a paused or stopped session simply sto
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from abc import ABC, abstractmethod
@@ -66,6 +67,7 @@ class TTSAdapter(ABC):
         self._close()
         self._loaded = False
         gc.collect()
+        _return_heap_to_os()
 
     @property
     def memory_bytes(self) -> int:
@@ -141,6 +143,18 @@ class TTSAdapter(ABC):
 
     def _close(self) -> None:  # noqa: B027  # engines with no native resources need nothing
         """Drop references to the engine so its memory can be returned."""
+
+
+def _return_heap_to_os() -> None:
+    """glibc keeps freed heap in its arenas; an unloaded model's memory only returns to the
+    OS (and to other models) after malloc_trim. No-op where that does not exist."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _language_ok(language: str, supported: tuple[str, ...]) -> bool:
