@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Run order for `--suite all`: cheap and undisturbed first, the load ramp last on the worker.
-ORDER: tuple[str, ...] = ("tts", "load", "concurrency", "asr", "bargein", "e2e")
+ORDER: tuple[str, ...] = ("tts", "load", "concurrency", "asr", "bargein", "e2e", "opus")
 ALL = "all"
 
 # Suites that need a daemon not written yet: name -> what they need.
