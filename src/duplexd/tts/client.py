@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -89,12 +89,16 @@ class TTSClient:
         req = pb.StartSessionReq(
             model_id=model_id, voice=voice, language=language, session_id=session_id
         )
-        return await self._call(self.stub.StartSession, req, deadline_s=max(self.timeout_s, 120.0))  # type: ignore[no-any-return]
+        return cast(
+            pb.StartSessionResp,
+            await self._call(self.stub.StartSession, req, deadline_s=max(self.timeout_s, 120.0)),
+        )
 
     def synthesize_call(
         self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
     ) -> aio.StreamStreamCall[pb.TextChunk, pb.AudioFrame]:
         """The raw bidi call, for callers that need to cancel it (barge-in, bench)."""
+        # the stub is typed for sync iterables only; grpc.aio accepts async ones too
         return self.stub.Synthesize(chunks, metadata=self._metadata)  # type: ignore[arg-type]
 
     async def synthesize(
@@ -115,30 +119,39 @@ class TTSClient:
             yield frame
 
     async def control(self, session_id: str, command: int) -> pb.ControlResp:
+        # the stubs type `command` as the Command enum's value type; callers pass pb.PAUSE …
         req = pb.ControlReq(session_id=session_id, command=command)  # type: ignore[arg-type]
-        return await self._call(self.stub.Control, req)  # type: ignore[no-any-return]
+        return cast(pb.ControlResp, await self._call(self.stub.Control, req))
 
     async def end_session(self, session_id: str) -> pb.EndSessionResp:
-        return await self._call(self.stub.EndSession, pb.EndSessionReq(session_id=session_id))  # type: ignore[no-any-return]
+        return cast(
+            pb.EndSessionResp,
+            await self._call(self.stub.EndSession, pb.EndSessionReq(session_id=session_id)),
+        )
 
     async def list_models(self) -> pb.ListModelsResp:
-        return await self._call(self.stub.ListModels, pb.ListModelsReq())  # type: ignore[no-any-return]
+        return cast(pb.ListModelsResp, await self._call(self.stub.ListModels, pb.ListModelsReq()))
 
     async def load_model(
         self, model_id: str, *, pin: bool = False, unpin: bool = False
     ) -> pb.LoadModelResp:
         req = pb.LoadModelReq(model_id=model_id, pin=pin, unpin=unpin)
-        return await self._call(self.stub.LoadModel, req, deadline_s=max(self.timeout_s, 300.0))  # type: ignore[no-any-return]
+        return cast(
+            pb.LoadModelResp,
+            await self._call(self.stub.LoadModel, req, deadline_s=max(self.timeout_s, 300.0)),
+        )
 
     async def unload_model(self, model_id: str, *, force: bool = False) -> pb.UnloadModelResp:
         req = pb.UnloadModelReq(model_id=model_id, force=force)
-        return await self._call(self.stub.UnloadModel, req)  # type: ignore[no-any-return]
+        return cast(pb.UnloadModelResp, await self._call(self.stub.UnloadModel, req))
 
     async def capabilities(
         self,
         timeout: float | None = None,  # noqa: ASYNC109  # a gRPC deadline, not an asyncio timeout
     ) -> pb.GetCapResp:
-        return await self._call(self.stub.GetCapabilities, pb.GetCapReq(), timeout)  # type: ignore[no-any-return]
+        return cast(
+            pb.GetCapResp, await self._call(self.stub.GetCapabilities, pb.GetCapReq(), timeout)
+        )
 
 
 async def text_stream(
