@@ -29,6 +29,10 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).")
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG | INFO | WARNING | ERROR")]
+InsecureOpt = Annotated[
+    bool | None,
+    typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
+]
 ReadyFile = Annotated[
     Path | None,
     typer.Option("--ready-file", help="write {pid, addr, port, metrics_port} here once serving"),
@@ -91,10 +95,7 @@ def worker(
     tls_client_ca: Annotated[
         Path | None, typer.Option("--tls-client-ca", help="require client certs (mTLS)")
     ] = None,
-    allow_insecure_remote: Annotated[
-        bool | None,
-        typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
-    ] = None,
+    allow_insecure_remote: InsecureOpt = None,
     redis: RedisOpt = None,
     advertise: Annotated[
         str | None,
@@ -162,10 +163,7 @@ def orchestrator(
     record: Annotated[
         Path | None, typer.Option("--record", help="opt-in: store session audio in this folder")
     ] = None,
-    allow_insecure_remote: Annotated[
-        bool | None,
-        typer.Option("--allow-insecure-remote", help="bind beyond loopback without a key"),
-    ] = None,
+    allow_insecure_remote: InsecureOpt = None,
     redis: RedisOpt = None,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
