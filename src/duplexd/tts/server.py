@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,6 +129,7 @@ class TTSServicer(pb_grpc.TTSServicer):
                 session.model_id, utterance.stats, utterance.adapter.last_rtf
             )
         except DuplexError as exc:
+            await _drain(request_iterator)
             await _abort(context, exc)
 
     @_unary
@@ -250,6 +252,23 @@ def _text_in(chunk: pb.TextChunk) -> TextIn:
     return TextIn(chunk.session_id, chunk.text, chunk.is_final)
 
 
+async def _drain(requests: AsyncIterator[Any], limit_s: float = 0.5) -> None:
+    """Read (and drop) what the client is still sending before failing its Synthesize call.
+
+    A status sent while the client still writes reaches grpc.aio clients as INTERNAL
+    "Internal error from Core" instead of our code and message (grpc/grpc#36066), so the
+    error waits for the client's `is_final` or half-close, at most `limit_s`.
+    """
+
+    async def consume() -> None:
+        async for chunk in requests:
+            if getattr(chunk, "is_final", False):
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(consume(), limit_s)
+
+
 async def _texts(requests: AsyncIterator[pb.TextChunk]) -> AsyncIterator[TextIn]:
     async for chunk in requests:
         yield _text_in(chunk)
@@ -288,10 +307,13 @@ def _deny(
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    # grpc.aio accepts a plain coroutine for streaming handlers: abort before any message
-    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+    # grpc.aio accepts a plain coroutine for streaming handlers: abort before any reply
+    async def stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> None:
+        await _drain(requests)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    if handler.request_streaming or handler.response_streaming:
+    if handler.request_streaming:
         return grpc.stream_stream_rpc_method_handler(stream)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(unary)
     return grpc.unary_unary_rpc_method_handler(unary)
