@@ -213,6 +213,50 @@ async def _worker_main(cfg: Any, config_file: Path | None, ready_file: Path | No
     await run_worker(cfg, config_file, ready_file)
 
 
+testing_app = typer.Typer(
+    help="Test helpers: tiny models of the real architectures for CI and laptops.",
+    no_args_is_help=True,
+)
+app.add_typer(testing_app, name="testing")
+
+
+@testing_app.command("tiny-model")
+def tiny_model(
+    kind: Annotated[str, typer.Argument(help="xtts | csm | csm-lora")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="folder to write [$DUPLEX_MODELS_DIR/<catalog id of KIND>]"),
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="csm-lora: the base model folder the adapter fits")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same weights)")] = 0,
+) -> None:
+    """Write a tiny randomly initialised model of KIND in its upstream on-disk layout."""
+    from duplexd.config import WorkerConfig, load_config
+    from duplexd.testing.tiny import DEFAULT_IDS, build_tiny_model
+
+    try:
+        if out is None:
+            if kind not in DEFAULT_IDS:
+                build_tiny_model(kind, Path())  # raises the unknown-kind error
+            models_dir = load_config(WorkerConfig, None).model_manager.effective_models_dir
+            out = models_dir / DEFAULT_IDS[kind]
+        written = build_tiny_model(kind, out, base=base, seed=seed)
+    except DuplexError as exc:
+        print(f"duplexd: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except ImportError as exc:
+        print(
+            f"duplexd: error: {exc}; the tiny {kind} model needs its extra: "
+            "`uv sync --extra ml` or `pip install 'duplex[ml]'`",
+            file=sys.stderr,
+        )
+        raise SystemExit(6) from None
+    files = sorted(p.name for p in written.iterdir())
+    print(f"wrote tiny {kind} model to {written}: {', '.join(files)}")
+
+
 def _run(make: Any) -> None:
     """Run a daemon; a DuplexError ends it with its message and exit code, no traceback."""
     try:

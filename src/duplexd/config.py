@@ -125,6 +125,13 @@ class WorkerSection(_Section):
     )
 
 
+def default_models_dir() -> Path:
+    """Where pulled weights go when DUPLEX_MODELS_DIR / models_dir is unset."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("duplex")) / "models"
+
+
 class ModelManagerConfig(_Section):
     default_model_id: str = Field("piper-en-us-joe", description="loaded and warmed at start")
     preload_model_ids: list[str] = Field(default_factory=list, description="also loaded at start")
@@ -140,7 +147,16 @@ class ModelManagerConfig(_Section):
     warmup_text: str = Field("Warm up.", description="hidden utterance synthesized after a load")
     catalog: Path = Field(Path("configs/model_catalog.yaml"), description="model catalog file")
     voicepacks_dir: Path = Field(Path("voicepacks"), description="voicepacks/<family>/<id>/")
-    models_dir: Path | None = Field(None, description="pulled weights (DUPLEX_MODELS_DIR)")
+    models_dir: Path | None = Field(
+        None,
+        description="pulled weights, one folder per model id (DUPLEX_MODELS_DIR); "
+        "default: the user data dir, e.g. ~/.local/share/duplex/models",
+    )
+
+    @property
+    def effective_models_dir(self) -> Path:
+        """`models_dir`, or the per-user default when unset."""
+        return self.models_dir if self.models_dir is not None else default_models_dir()
 
 
 class WorkerConfig(_Section):

@@ -180,7 +180,9 @@ class BenchContext:
 
             mm = self.config.model_manager
             self._catalog = Catalog.load(
-                _checkout_path(mm.catalog), _checkout_path(mm.voicepacks_dir), mm.models_dir
+                _checkout_path(mm.catalog),
+                _checkout_path(mm.voicepacks_dir),
+                mm.effective_models_dir,
             )
         return self._catalog
 

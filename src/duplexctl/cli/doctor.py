@@ -211,7 +211,7 @@ def check_models(ctx: Context) -> list[Check]:
         catalog = Catalog.load(
             resolve_path(mm.catalog, config_file),
             resolve_path(mm.voicepacks_dir, config_file),
-            mm.models_dir,
+            mm.effective_models_dir,
         )
     except ConfigError as exc:
         detail = f"cannot read the model catalog: {exc.message}"

@@ -46,7 +46,23 @@ class ModelMeta(BaseModel):
     voices: tuple[str, ...] = ()
     default_voice: str | None = None
     weights: str | None = None
-    source: str | None = Field(None, description="where `duplexctl models pull` fetches from")
+    source: str | None = Field(
+        None,
+        description="where `duplexctl models pull` fetches from: a Hugging Face repo id "
+        "(`hf://owner/name` or `owner/name`), or an https:// / file:// archive URL",
+    )
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="checksum of the archive at `source`"
+    )
+    base_model: str | None = Field(
+        None, description="a LoRA voice: the model_id of the base model it attaches to"
+    )
+    extra: str | None = Field(
+        None, description="the install extra that provides this family (`pip install duplex[X]`)"
+    )
+    unavailable: str | None = Field(
+        None, description="why this model cannot be served by this build (answered on load)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
     base_dir: Path = Field(Path(), description="the voicepack folder (set by discovery)")
     models_dir: Path | None = None
@@ -58,6 +74,14 @@ class ModelMeta(BaseModel):
     @property
     def cpu_ok(self) -> bool:
         return not self.needs_gpu
+
+    @property
+    def is_lora(self) -> bool:
+        return self.base_model is not None
+
+    def pull_dir(self) -> Path:
+        """Where `duplexctl models pull` puts this model: `<models_dir>/<model_id>/`."""
+        return (self.models_dir or Path("models")) / self.model_id
 
     def weights_path(self) -> Path:
         """Resolve `weights` to a file or folder that exists, or raise WeightsMissing."""

@@ -180,7 +180,7 @@ class Worker:
         return Catalog.load(
             resolve_path(mm.catalog, self.config_file),
             resolve_path(mm.voicepacks_dir, self.config_file),
-            mm.models_dir,
+            mm.effective_models_dir,
         )
 
     def _load_model(self, meta: ModelMeta) -> TTSAdapter:

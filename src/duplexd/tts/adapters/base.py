@@ -21,11 +21,17 @@ import numpy as np
 from duplexd.audio.framing import Repacketizer
 from duplexd.audio.pcm import Float32Array, Int16Array
 from duplexd.audio.resample import StreamResampler
-from duplexd.errors import AdapterError, DuplexError, InvalidArgument, ModelLoadError
+from duplexd.errors import (
+    AdapterError,
+    DuplexError,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+)
 from duplexd.tts.catalog import ModelMeta
 from duplexd.tts.memory import process_rss_bytes
 
-__all__ = ["FrameBatch", "TTSAdapter"]
+__all__ = ["FrameBatch", "TTSAdapter", "require_extra"]
 
 FrameBatch = list[bytes]
 
@@ -81,6 +87,17 @@ class TTSAdapter(ABC):
     def sample_rate(self) -> int:
         """The engine's native output rate (the base resamples it to 48 kHz)."""
         return self.meta.native_sr
+
+    # -- LoRA voices ---------------------------------------------------------------------
+
+    def attach_lora(self, meta: ModelMeta) -> TTSAdapter:
+        """Blocking: attach the LoRA voice `meta` to this resident base and return the handle
+        sessions lease for it. Its `close()` must detach only that adapter. Families with LoRA
+        support (`supports_lora: true`) override this."""
+        raise FailedPrecondition(
+            f"{meta.model_id!r} is a LoRA voice, but {self.meta.model_id!r} "
+            f"(family {self.family}) takes no LoRA adapters"
+        )
 
     # -- generation ---------------------------------------------------------------------
 
@@ -164,3 +181,22 @@ def _language_ok(language: str, supported: tuple[str, ...]) -> bool:
 
 def as_float(samples: Int16Array) -> Float32Array:
     return (samples.astype(np.float32) / 32767.0).astype(np.float32)
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Import-check the engine modules of a family; missing ones name the install command.
+
+    Adapter modules import their engines inside `_load`, so `duplexd` starts (and lists the
+    family) without the extra; loading a model of it then fails with what to run.
+    """
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"the {extra!r} family needs the Python package {module!r}: {exc}",
+                hint=f"install the extra: `uv sync --extra {extra}` in a checkout, "
+                f"or `pip install 'duplex[{extra}]'`",
+            ) from exc
