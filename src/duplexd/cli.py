@@ -65,7 +65,7 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", "--metrics_port", help="Prometheus port [9101]")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda:N [cpu]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda:N [auto]")] = None,
     default_model: Annotated[
         str | None,
         typer.Option("--default-model", "--default_model", help="loaded + warmed at start"),

@@ -96,7 +96,11 @@ class WorkerSection(_Section):
     metrics_port: int = Field(
         9101, ge=0, le=65535, description="Prometheus /metrics port (0 = off)"
     )
-    device: str = Field("cpu", description="auto | cpu | cuda:N")
+    device: str = Field(
+        "auto",
+        description="auto | cpu | cuda:N; auto: each model's catalog device, torch "
+        "families on a CUDA GPU when torch sees one, the rest on the CPU",
+    )
     sample_rate: int = Field(
         SAMPLE_RATE, ge=SAMPLE_RATE, le=SAMPLE_RATE, description="wire sample rate (fixed)"
     )

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64uplexd/rpc/tts.proto\x12\rduplex.tts.v1\"X\n\x0fStartSessionReq\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\"t\n\x10StartSessionResp\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12\x10\n\x08\x66rame_ms\x18\x04 \x01(\r\x12\x13\n\x0bworker_name\x18\x05 \x01(\t\"?\n\tTextChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\"\x7f\n\nAudioFrame\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x66rame_ms\x18\x03 \x01(\r\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0c\n\x04unit\x18\x05 \x01(\r\x12\x11\n\tunit_text\x18\x06 \x01(\t\x12\x0f\n\x07is_last\x18\x07 \x01(\x08\"I\n\nControlReq\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x07\x63ommand\x18\x02 \x01(\x0e\x32\x16.duplex.tts.v1.Command\"^\n\x0b\x43ontrolResp\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x12\n\nacked_unix\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"#\n\rEndSessionReq\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1c\n\x0e\x45ndSessionResp\x12\n\n\x02ok\x18\x01 \x01(\x08\"\x87\x03\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.duplex.tts.v1.ModelState\x12\x10\n\x08resident\x18\x04 \x01(\x08\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x10\n\x08refcount\x18\x07 \x01(\r\x12\x16\n\x0elast_used_unix\x18\x08 \x01(\x01\x12\x18\n\x10ttl_remaining_ms\x18\t \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x1e\n\x16\x65stimated_memory_bytes\x18\x0b \x01(\x04\x12\x0f\n\x07load_ms\x18\x0c \x01(\x01\x12\x0c\n\x04tags\x18\r \x03(\t\x12\x11\n\tlanguages\x18\x0e \x03(\t\x12\x11\n\tnative_sr\x18\x0f \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x10 \x01(\t\x12\x1a\n\x12unavailable_reason\x18\x11 \x01(\t\x12\x13\n\x0bloaded_unix\x18\x12 \x01(\x01\"\x0f\n\rListModelsReq\"O\n\x0eListModelsResp\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.duplex.tts.v1.ModelInfo\x12\x13\n\x0bworker_name\x18\x02 \x01(\t\"<\n\x0cLoadModelReq\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\x08\x12\r\n\x05unpin\x18\x03 \x01(\x08\"t\n\rLoadModelResp\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.duplex.tts.v1.ModelInfo\x12\x18\n\x10\x61lready_resident\x18\x02 \x01(\x08\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\x12\x0f\n\x07\x65victed\x18\x04 \x03(\t\"1\n\x0eUnloadModelReq\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"2\n\x0fUnloadModelResp\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x0b\n\tGetCapReq\"\x94\x01\n\x0c\x43\x61pabilities\x12\x11\n\tstreaming\x18\x01 \x01(\x08\x12\x11\n\tzero_shot\x18\x02 \x01(\x08\x12\x0c\n\x04lora\x18\x03 \x01(\x08\x12\x0e\n\x06\x63pu_ok\x18\x04 \x01(\x08\x12\x11\n\tlanguages\x18\x05 \x03(\t\x12\x1b\n\x13\x65motive_zero_prompt\x18\x06 \x01(\x08\x12\x10\n\x08\x66\x61milies\x18\x07 \x03(\t\")\n\tAudioSpec\x12\n\n\x02sr\x18\x01 \x01(\r\x12\x10\n\x08\x66rame_ms\x18\x02 \x01(\r\"\xb5\x01\n\x08Hardware\x12\x0b\n\x03gpu\x18\x01 \x01(\x08\x12\x0f\n\x07vram_gb\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x17\n\x0fram_total_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13ram_available_bytes\x18\x05 \x01(\x04\x12\x19\n\x11process_rss_bytes\x18\x06 \x01(\x04\x12\x17\n\x0fvram_used_bytes\x18\x07 \x01(\x04\x12\x11\n\tcpu_count\x18\x08 \x01(\r\"\xb3\x01\n\rWorkerMetrics\x12\x0b\n\x03rtf\x18\x01 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x12\n\nfal_p50_ms\x18\x03 \x01(\x01\x12\x12\n\nfal_p95_ms\x18\x04 \x01(\x01\x12\x17\n\x0f\x61\x63tive_sessions\x18\x05 \x01(\r\x12\x13\n\x0b\x66rames_sent\x18\x06 \x01(\x04\x12\x13\n\x0blate_frames\x18\x07 \x01(\x04\x12\x15\n\rjitter_p95_ms\x18\x08 \x01(\x01\"\xa5\x02\n\nGetCapResp\x12\x13\n\x0bworker_name\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.duplex.tts.v1.Capabilities\x12\'\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x18.duplex.tts.v1.AudioSpec\x12)\n\x08hardware\x18\x04 \x01(\x0b\x32\x17.duplex.tts.v1.Hardware\x12\x17\n\x0fresident_models\x18\x05 \x03(\t\x12-\n\x07metrics\x18\x06 \x01(\x0b\x32\x1c.duplex.tts.v1.WorkerMetrics\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x14\n\x0cstarted_unix\x18\x08 \x01(\x01\x12\x0c\n\x04\x61\x64\x64r\x18\t \x01(\t*O\n\x07\x43ommand\x12\x17\n\x13\x43OMMAND_UNSPECIFIED\x10\x00\x12\t\n\x05PAUSE\x10\x01\x12\n\n\x06RESUME\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\n\n\x06RELOAD\x10\x04*t\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nNOT_LOADED\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\x0c\n\x08RESIDENT\x10\x03\x12\r\n\tUNLOADING\x10\x04\x12\x0f\n\x0bUNAVAILABLE\x10\x05\x32\xd3\x04\n\x03TTS\x12O\n\x0cStartSession\x12\x1e.duplex.tts.v1.StartSessionReq\x1a\x1f.duplex.tts.v1.StartSessionResp\x12\x45\n\nSynthesize\x12\x18.duplex.tts.v1.TextChunk\x1a\x19.duplex.tts.v1.AudioFrame(\x01\x30\x01\x12@\n\x07\x43ontrol\x12\x19.duplex.tts.v1.ControlReq\x1a\x1a.duplex.tts.v1.ControlResp\x12I\n\nEndSession\x12\x1c.duplex.tts.v1.EndSessionReq\x1a\x1d.duplex.tts.v1.EndSessionResp\x12I\n\nListModels\x12\x1c.duplex.tts.v1.ListModelsReq\x1a\x1d.duplex.tts.v1.ListModelsResp\x12\x46\n\tLoadModel\x12\x1b.duplex.tts.v1.LoadModelReq\x1a\x1c.duplex.tts.v1.LoadModelResp\x12L\n\x0bUnloadModel\x12\x1d.duplex.tts.v1.UnloadModelReq\x1a\x1e.duplex.tts.v1.UnloadModelResp\x12\x46\n\x0fGetCapabilities\x12\x18.duplex.tts.v1.GetCapReq\x1a\x19.duplex.tts.v1.GetCapRespb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x64uplexd/rpc/tts.proto\x12\rduplex.tts.v1\"X\n\x0fStartSessionReq\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\"t\n\x10StartSessionResp\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12\x10\n\x08\x66rame_ms\x18\x04 \x01(\r\x12\x13\n\x0bworker_name\x18\x05 \x01(\t\"?\n\tTextChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\"\x7f\n\nAudioFrame\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x10\n\x08\x66rame_ms\x18\x03 \x01(\r\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0c\n\x04unit\x18\x05 \x01(\r\x12\x11\n\tunit_text\x18\x06 \x01(\t\x12\x0f\n\x07is_last\x18\x07 \x01(\x08\"I\n\nControlReq\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x07\x63ommand\x18\x02 \x01(\x0e\x32\x16.duplex.tts.v1.Command\"^\n\x0b\x43ontrolResp\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x12\n\nacked_unix\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"#\n\rEndSessionReq\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1c\n\x0e\x45ndSessionResp\x12\n\n\x02ok\x18\x01 \x01(\x08\"\xad\x03\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.duplex.tts.v1.ModelState\x12\x10\n\x08resident\x18\x04 \x01(\x08\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x10\n\x08refcount\x18\x07 \x01(\r\x12\x16\n\x0elast_used_unix\x18\x08 \x01(\x01\x12\x18\n\x10ttl_remaining_ms\x18\t \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x1e\n\x16\x65stimated_memory_bytes\x18\x0b \x01(\x04\x12\x0f\n\x07load_ms\x18\x0c \x01(\x01\x12\x0c\n\x04tags\x18\r \x03(\t\x12\x11\n\tlanguages\x18\x0e \x03(\t\x12\x11\n\tnative_sr\x18\x0f \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x10 \x01(\t\x12\x1a\n\x12unavailable_reason\x18\x11 \x01(\t\x12\x13\n\x0bloaded_unix\x18\x12 \x01(\x01\x12\x12\n\nbase_model\x18\x13 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x14 \x03(\t\"\x0f\n\rListModelsReq\"O\n\x0eListModelsResp\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.duplex.tts.v1.ModelInfo\x12\x13\n\x0bworker_name\x18\x02 \x01(\t\"<\n\x0cLoadModelReq\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\x08\x12\r\n\x05unpin\x18\x03 \x01(\x08\"t\n\rLoadModelResp\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.duplex.tts.v1.ModelInfo\x12\x18\n\x10\x61lready_resident\x18\x02 \x01(\x08\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\x12\x0f\n\x07\x65victed\x18\x04 \x03(\t\"1\n\x0eUnloadModelReq\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"2\n\x0fUnloadModelResp\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x0b\n\tGetCapReq\"\x94\x01\n\x0c\x43\x61pabilities\x12\x11\n\tstreaming\x18\x01 \x01(\x08\x12\x11\n\tzero_shot\x18\x02 \x01(\x08\x12\x0c\n\x04lora\x18\x03 \x01(\x08\x12\x0e\n\x06\x63pu_ok\x18\x04 \x01(\x08\x12\x11\n\tlanguages\x18\x05 \x03(\t\x12\x1b\n\x13\x65motive_zero_prompt\x18\x06 \x01(\x08\x12\x10\n\x08\x66\x61milies\x18\x07 \x03(\t\")\n\tAudioSpec\x12\n\n\x02sr\x18\x01 \x01(\r\x12\x10\n\x08\x66rame_ms\x18\x02 \x01(\r\"\xb5\x01\n\x08Hardware\x12\x0b\n\x03gpu\x18\x01 \x01(\x08\x12\x0f\n\x07vram_gb\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x17\n\x0fram_total_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13ram_available_bytes\x18\x05 \x01(\x04\x12\x19\n\x11process_rss_bytes\x18\x06 \x01(\x04\x12\x17\n\x0fvram_used_bytes\x18\x07 \x01(\x04\x12\x11\n\tcpu_count\x18\x08 \x01(\r\"\xb3\x01\n\rWorkerMetrics\x12\x0b\n\x03rtf\x18\x01 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x12\n\nfal_p50_ms\x18\x03 \x01(\x01\x12\x12\n\nfal_p95_ms\x18\x04 \x01(\x01\x12\x17\n\x0f\x61\x63tive_sessions\x18\x05 \x01(\r\x12\x13\n\x0b\x66rames_sent\x18\x06 \x01(\x04\x12\x13\n\x0blate_frames\x18\x07 \x01(\x04\x12\x15\n\rjitter_p95_ms\x18\x08 \x01(\x01\"\xa5\x02\n\nGetCapResp\x12\x13\n\x0bworker_name\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.duplex.tts.v1.Capabilities\x12\'\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x18.duplex.tts.v1.AudioSpec\x12)\n\x08hardware\x18\x04 \x01(\x0b\x32\x17.duplex.tts.v1.Hardware\x12\x17\n\x0fresident_models\x18\x05 \x03(\t\x12-\n\x07metrics\x18\x06 \x01(\x0b\x32\x1c.duplex.tts.v1.WorkerMetrics\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x14\n\x0cstarted_unix\x18\x08 \x01(\x01\x12\x0c\n\x04\x61\x64\x64r\x18\t \x01(\t*O\n\x07\x43ommand\x12\x17\n\x13\x43OMMAND_UNSPECIFIED\x10\x00\x12\t\n\x05PAUSE\x10\x01\x12\n\n\x06RESUME\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\n\n\x06RELOAD\x10\x04*t\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nNOT_LOADED\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\x0c\n\x08RESIDENT\x10\x03\x12\r\n\tUNLOADING\x10\x04\x12\x0f\n\x0bUNAVAILABLE\x10\x05\x32\xd3\x04\n\x03TTS\x12O\n\x0cStartSession\x12\x1e.duplex.tts.v1.StartSessionReq\x1a\x1f.duplex.tts.v1.StartSessionResp\x12\x45\n\nSynthesize\x12\x18.duplex.tts.v1.TextChunk\x1a\x19.duplex.tts.v1.AudioFrame(\x01\x30\x01\x12@\n\x07\x43ontrol\x12\x19.duplex.tts.v1.ControlReq\x1a\x1a.duplex.tts.v1.ControlResp\x12I\n\nEndSession\x12\x1c.duplex.tts.v1.EndSessionReq\x1a\x1d.duplex.tts.v1.EndSessionResp\x12I\n\nListModels\x12\x1c.duplex.tts.v1.ListModelsReq\x1a\x1d.duplex.tts.v1.ListModelsResp\x12\x46\n\tLoadModel\x12\x1b.duplex.tts.v1.LoadModelReq\x1a\x1c.duplex.tts.v1.LoadModelResp\x12L\n\x0bUnloadModel\x12\x1d.duplex.tts.v1.UnloadModelReq\x1a\x1e.duplex.tts.v1.UnloadModelResp\x12\x46\n\x0fGetCapabilities\x12\x18.duplex.tts.v1.GetCapReq\x1a\x19.duplex.tts.v1.GetCapRespb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'duplexd.rpc.tts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMAND']._serialized_start=2324
-  _globals['_COMMAND']._serialized_end=2403
-  _globals['_MODELSTATE']._serialized_start=2405
-  _globals['_MODELSTATE']._serialized_end=2521
+  _globals['_COMMAND']._serialized_start=2362
+  _globals['_COMMAND']._serialized_end=2441
+  _globals['_MODELSTATE']._serialized_start=2443
+  _globals['_MODELSTATE']._serialized_end=2559
   _globals['_STARTSESSIONREQ']._serialized_start=40
   _globals['_STARTSESSIONREQ']._serialized_end=128
   _globals['_STARTSESSIONRESP']._serialized_start=130
@@ -52,31 +52,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDSESSIONRESP']._serialized_start=650
   _globals['_ENDSESSIONRESP']._serialized_end=678
   _globals['_MODELINFO']._serialized_start=681
-  _globals['_MODELINFO']._serialized_end=1072
-  _globals['_LISTMODELSREQ']._serialized_start=1074
-  _globals['_LISTMODELSREQ']._serialized_end=1089
-  _globals['_LISTMODELSRESP']._serialized_start=1091
-  _globals['_LISTMODELSRESP']._serialized_end=1170
-  _globals['_LOADMODELREQ']._serialized_start=1172
-  _globals['_LOADMODELREQ']._serialized_end=1232
-  _globals['_LOADMODELRESP']._serialized_start=1234
-  _globals['_LOADMODELRESP']._serialized_end=1350
-  _globals['_UNLOADMODELREQ']._serialized_start=1352
-  _globals['_UNLOADMODELREQ']._serialized_end=1401
-  _globals['_UNLOADMODELRESP']._serialized_start=1403
-  _globals['_UNLOADMODELRESP']._serialized_end=1453
-  _globals['_GETCAPREQ']._serialized_start=1455
-  _globals['_GETCAPREQ']._serialized_end=1466
-  _globals['_CAPABILITIES']._serialized_start=1469
-  _globals['_CAPABILITIES']._serialized_end=1617
-  _globals['_AUDIOSPEC']._serialized_start=1619
-  _globals['_AUDIOSPEC']._serialized_end=1660
-  _globals['_HARDWARE']._serialized_start=1663
-  _globals['_HARDWARE']._serialized_end=1844
-  _globals['_WORKERMETRICS']._serialized_start=1847
-  _globals['_WORKERMETRICS']._serialized_end=2026
-  _globals['_GETCAPRESP']._serialized_start=2029
-  _globals['_GETCAPRESP']._serialized_end=2322
-  _globals['_TTS']._serialized_start=2524
-  _globals['_TTS']._serialized_end=3119
+  _globals['_MODELINFO']._serialized_end=1110
+  _globals['_LISTMODELSREQ']._serialized_start=1112
+  _globals['_LISTMODELSREQ']._serialized_end=1127
+  _globals['_LISTMODELSRESP']._serialized_start=1129
+  _globals['_LISTMODELSRESP']._serialized_end=1208
+  _globals['_LOADMODELREQ']._serialized_start=1210
+  _globals['_LOADMODELREQ']._serialized_end=1270
+  _globals['_LOADMODELRESP']._serialized_start=1272
+  _globals['_LOADMODELRESP']._serialized_end=1388
+  _globals['_UNLOADMODELREQ']._serialized_start=1390
+  _globals['_UNLOADMODELREQ']._serialized_end=1439
+  _globals['_UNLOADMODELRESP']._serialized_start=1441
+  _globals['_UNLOADMODELRESP']._serialized_end=1491
+  _globals['_GETCAPREQ']._serialized_start=1493
+  _globals['_GETCAPREQ']._serialized_end=1504
+  _globals['_CAPABILITIES']._serialized_start=1507
+  _globals['_CAPABILITIES']._serialized_end=1655
+  _globals['_AUDIOSPEC']._serialized_start=1657
+  _globals['_AUDIOSPEC']._serialized_end=1698
+  _globals['_HARDWARE']._serialized_start=1701
+  _globals['_HARDWARE']._serialized_end=1882
+  _globals['_WORKERMETRICS']._serialized_start=1885
+  _globals['_WORKERMETRICS']._serialized_end=2064
+  _globals['_GETCAPRESP']._serialized_start=2067
+  _globals['_GETCAPRESP']._serialized_end=2360
+  _globals['_TTS']._serialized_start=2562
+  _globals['_TTS']._serialized_end=3157
 # @@protoc_insertion_point(module_scope)

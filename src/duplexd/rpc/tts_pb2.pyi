@@ -331,6 +331,8 @@ class ModelInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
     LOADED_UNIX_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    ADAPTERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     family: _builtins.str
     state: Global___ModelState.ValueType
@@ -351,10 +353,16 @@ class ModelInfo(_message.Message):
     device: _builtins.str
     unavailable_reason: _builtins.str
     loaded_unix: _builtins.float
+    base_model: _builtins.str
+    """a LoRA voice: the model it is attached to"""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """a base: the LoRA voices attached to it now"""
+
     def __init__(
         self,
         *,
@@ -376,10 +384,12 @@ class ModelInfo(_message.Message):
         device: _builtins.str = ...,
         unavailable_reason: _builtins.str = ...,
         loaded_unix: _builtins.float = ...,
+        base_model: _builtins.str = ...,
+        adapters: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "estimated_memory_bytes", b"estimated_memory_bytes", "family", b"family", "id", b"id", "is_default", b"is_default", "languages", b"languages", "last_used_unix", b"last_used_unix", "load_ms", b"load_ms", "loaded_unix", b"loaded_unix", "memory_bytes", b"memory_bytes", "native_sr", b"native_sr", "pinned", b"pinned", "refcount", b"refcount", "resident", b"resident", "state", b"state", "tags", b"tags", "ttl_remaining_ms", b"ttl_remaining_ms", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "base_model", b"base_model", "device", b"device", "estimated_memory_bytes", b"estimated_memory_bytes", "family", b"family", "id", b"id", "is_default", b"is_default", "languages", b"languages", "last_used_unix", b"last_used_unix", "load_ms", b"load_ms", "loaded_unix", b"loaded_unix", "memory_bytes", b"memory_bytes", "native_sr", b"native_sr", "pinned", b"pinned", "refcount", b"refcount", "resident", b"resident", "state", b"state", "tags", b"tags", "ttl_remaining_ms", b"ttl_remaining_ms", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ deterministically. Integration tests use real Piper/espeak adapters.
 - `FakeLoader`: a `LoadFn`. The manager calls it on a worker thread, so a test holds a load
   open with a `threading.Event` gate (`hold` / `release`), counts calls per model, and can make a
   model's load raise (`fail`).
+- `FakeLoader.attach`: an `AttachFn` for LoRA voices on a fake base.
 - `FakeHandle`: what `FakeLoader` returns; records `close()` and gives its memory back.
 - `ManualClock`: a clock that moves only when told (`advance(ms)`).
 """
@@ -104,6 +105,7 @@ class FakeLoader:
         self._load_gates: dict[str, threading.Event] = {}
         self._close_gates: dict[str, threading.Event] = {}
         self._failures: dict[str, BaseException] = {}
+        self.attached: list[tuple[str, str]] = []
 
     # -- steering ---------------------------------------------------------------------------
 
@@ -150,6 +152,18 @@ class FakeLoader:
         finally:
             with self._lock:
                 self.active -= 1
+
+    def attach(self, base: object, meta: ModelMeta) -> FakeHandle:
+        """An `AttachFn`: a LoRA voice on `base` (a FakeHandle this loader made); recorded in
+        `attached` as (base id, voice id); a `fail(voice id, exc)` makes it raise."""
+        assert isinstance(base, FakeHandle) and not base.closed, "attach needs a live base"
+        with self._lock:
+            self.calls[meta.model_id] += 1
+        _wait(self._load_gates.get(meta.model_id), f"attach of {meta.model_id}")
+        if meta.model_id in self._failures:
+            raise self._failures[meta.model_id]
+        self.attached.append((base.model_id, meta.model_id))
+        return self._new_handle(meta)
 
     def _new_handle(self, meta: ModelMeta) -> FakeHandle:
         size = self.memory_bytes.get(meta.model_id, meta.estimated_memory_bytes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from duplexd.config import ModelManagerConfig
@@ -47,6 +47,13 @@ class ModelHandle(Protocol):
 LoadFn = Callable[[ModelMeta], ModelHandle]
 """Blocking: loads AND warms up a model; the manager runs it off the event loop."""
 
+AttachFn = Callable[[ModelHandle, ModelMeta], ModelHandle]
+"""Blocking: attaches a LoRA voice to its resident base's handle and warms it up; the handle
+it returns serves the voice's sessions and its `close()` detaches only that adapter."""
+
+DeviceFn = Callable[[ModelMeta], str]
+"""Blocking: the concrete device (`cpu`, `cuda:N`) a model will load on; may raise."""
+
 
 class RunBlocking(Protocol):
     """Runs a blocking call off the event loop (``asyncio.to_thread`` in production)."""
@@ -76,6 +83,8 @@ class ModelStatus:
     languages: tuple[str, ...]
     native_sr: int
     unavailable_reason: str | None
+    base_model: str | None = None  # a LoRA voice: the base it attaches to
+    adapters: tuple[str, ...] = ()  # a base: the LoRA voices attached now
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,9 @@ class Entry:
     load_running: bool = False  # holds a load slot (counts against the cap and memory)
     loading: asyncio.Task[LoadOutcome] | None = None
     closing: asyncio.Task[int] | None = None
+    device: str | None = None  # resolved when a load starts
+    # a base: its LoRA voices resident or attaching; they keep it resident
+    attached: set[str] = field(default_factory=set)
 
     @property
     def model_id(self) -> str:
@@ -133,6 +145,14 @@ class Entry:
     def forget_handle(self) -> None:
         self.handle, self.state, self.closing, self.pinned = None, "not_loaded", None, False
         self.loaded_at = self.loaded_unix = self.load_ms = None
+
+
+def new_entry(meta: ModelMeta) -> Entry:
+    """An entry for a catalog model; one the catalog marks unavailable stays so, with why."""
+    entry = Entry(meta)
+    if meta.unavailable:
+        entry.state, entry.error = "unavailable", meta.unavailable
+    return entry
 
 
 def estimate_bytes(meta: ModelMeta, device: str) -> int:
@@ -156,8 +176,13 @@ class Policy:
             return e.state
         if e.users:
             return f"in use by {e.users} lease(s)"
+        if e.attached:
+            return "LoRA voices attached: " + ", ".join(sorted(e.attached))
         if e.dropped:
             return None  # removed from the catalog: pin and default no longer protect it
+        return self._protected(e)
+
+    def _protected(self, e: Entry) -> str | None:
         if e.pinned:
             return "pinned"
         if e.model_id == self.default_id:
@@ -236,6 +261,8 @@ def build_status(e: Entry, policy: Policy, now: float, device: str) -> ModelStat
         languages=meta.languages,
         native_sr=meta.native_sr,
         unavailable_reason=e.error,
+        base_model=meta.base_model,
+        adapters=tuple(sorted(e.attached)),
     )
 
 
@@ -243,10 +270,12 @@ def merge_catalog(entries: dict[str, Entry], catalog: Catalog) -> dict[str, Entr
     """Entries for a RELOADed catalog, in its order; then dropped models still in memory."""
     old, fresh = dict(entries), {}
     for meta in catalog:
-        entry = old.pop(meta.model_id, None) or Entry(meta)
+        entry = old.pop(meta.model_id, None) or new_entry(meta)
         entry.meta, entry.dropped = meta, False
         if entry.state in ("not_loaded", "unavailable"):
             entry.state, entry.error = "not_loaded", None  # a reload usually follows a fix
+            if meta.unavailable:
+                entry.state, entry.error = "unavailable", meta.unavailable
         fresh[meta.model_id] = entry
     for model_id, entry in old.items():
         if entry.state in ("loading", "resident", "unloading"):
@@ -256,14 +285,20 @@ def merge_catalog(entries: dict[str, Entry], catalog: Catalog) -> dict[str, Entr
 
 
 def occupancy(entries: Iterable[Entry]) -> int:
-    """What counts against resident_cap: resident models and loads holding a slot."""
-    return sum(e.state == "resident" or (e.state == "loading" and e.load_running) for e in entries)
+    """What counts against resident_cap: resident models and loads holding a slot. LoRA voices
+    do not count: an adapter is megabytes and shares its base, which counts once."""
+    return sum(
+        not e.meta.is_lora and (e.state == "resident" or (e.state == "loading" and e.load_running))
+        for e in entries
+    )
 
 
 def reserved_bytes(entries: Iterable[Entry], device: str, *, besides: Entry) -> int:
-    """Estimates of the other loads holding a slot: not in the memory probe's figure yet."""
+    """Estimates of the other loads on `device` holding a slot: not in the probe's figure yet."""
     return sum(
-        estimate_bytes(e.meta, device) for e in entries if e.load_running and e is not besides
+        estimate_bytes(e.meta, device)
+        for e in entries
+        if e.load_running and e is not besides and (e.device or device) == device
     )
 
 
@@ -308,6 +343,12 @@ def unload_refusal(entry: Entry, *, force: bool, default_id: str) -> DuplexError
         return ModelInUse(
             f"model {model_id!r} is in use (refcount {entry.users})",
             hint="end the sessions using it first; force does not override this",
+        )
+    if entry.attached:
+        voices = ", ".join(sorted(entry.attached))
+        return FailedPrecondition(
+            f"model {model_id!r} has LoRA voices attached: {voices}",
+            hint=f"unload them first (`duplexctl models unload {sorted(entry.attached)[0]}`)",
         )
     if entry.pinned and not force:
         return FailedPrecondition(

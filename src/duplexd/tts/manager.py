@@ -9,6 +9,15 @@ worker never runs out of memory. At most ``max_parallel_loads`` loads run; beyon
 ``max_pending_loads`` waiting ones the answer is "busy" rather than an unbounded queue.
 Concurrent requests for one model share one load.
 
+LoRA voices are first-class entries with a `base_model`: loading one first makes its base
+resident (a load like any other), then only attaches the adapter (`attach_fn`, milliseconds).
+An attached voice keeps its base resident; unloading or evicting it detaches only the adapter,
+and the base's idle clock starts when its last voice goes. Voices do not count against
+``resident_cap`` (the base does, once).
+
+Each load resolves its device first (`device_of`, off the event loop: it may import torch), so
+the memory pre-check, the estimates and ListModels speak of the device the model really uses.
+
 The loader, the clocks, the memory probe and the thread hop are injected, so the unit tests run
 the real scheduling logic in milliseconds (see `duplexd.testing.models`).
 """
@@ -33,6 +42,8 @@ from duplexd.errors import (
 from duplexd.logging import get_logger
 from duplexd.tts import memory
 from duplexd.tts._manager_state import (
+    AttachFn,
+    DeviceFn,
     Entry,
     Lease,
     LoadFn,
@@ -51,13 +62,16 @@ from duplexd.tts._manager_state import (
     estimate_bytes,
     memory_refusal,
     merge_catalog,
+    new_entry,
     occupancy,
     reserved_bytes,
     unload_refusal,
 )
-from duplexd.tts.catalog import Catalog
+from duplexd.tts.catalog import Catalog, ModelMeta
 
 __all__ = [
+    "AttachFn",
+    "DeviceFn",
     "Lease",
     "LoadFn",
     "LoadResult",
@@ -87,6 +101,8 @@ class ModelManager:
         memory_probe: Callable[[str], int] = memory.available_bytes,
         run_blocking: RunBlocking = asyncio.to_thread,
         device: str = "cpu",
+        device_of: DeviceFn | None = None,
+        attach_fn: AttachFn | None = None,
     ) -> None:
         self._catalog = catalog
         self._config = config
@@ -95,11 +111,13 @@ class ModelManager:
         self._wall = wall_clock
         self._probe = memory_probe
         self._run_blocking = run_blocking
-        self._device = device
+        self._device = device  # the worker's setting; shown until a load resolves one
+        self._device_of: DeviceFn = device_of or (lambda _meta: device)
+        self._attach_fn: AttachFn = attach_fn or _no_lora
         self._policy = Policy(
             config.default_model_id, config.ttl_ms / 1000, config.min_residency_ms / 1000
         )
-        self._entries: dict[str, Entry] = {meta.model_id: Entry(meta) for meta in catalog}
+        self._entries: dict[str, Entry] = {meta.model_id: new_entry(meta) for meta in catalog}
         self._load_slots = asyncio.Semaphore(config.max_parallel_loads)
         self._in_flight = 0  # load tasks running or waiting for a slot
         self._tasks = TaskSet()
@@ -136,7 +154,8 @@ class ModelManager:
                 await self._evictor
             self._evictor = None
         await self._tasks.wait_all()
-        for entry in list(self._entries.values()):
+        # LoRA voices first: each keeps its base resident
+        for entry in sorted(self._entries.values(), key=lambda e: not e.meta.is_lora):
             if entry.state == "resident":
                 if entry.users:
                     log.warning("unloading a leased model at shutdown", model=entry.model_id)
@@ -226,7 +245,18 @@ class ModelManager:
     def _entry_for_use(self, model_id: str) -> Entry:
         if self._closing:
             raise FailedPrecondition("the model manager is shutting down")
-        self._catalog.get(model_id)  # ModelNotFound with a did-you-mean hint
+        meta = self._catalog.get(model_id)  # ModelNotFound with a did-you-mean hint
+        if meta.unavailable:
+            raise FailedPrecondition(
+                f"model {model_id!r} cannot be served by this build: {meta.unavailable}",
+                hint="see docs/models.md",
+            )
+        if meta.base_model is not None and meta.base_model not in self._catalog:
+            raise ModelNotFound(
+                f"LoRA voice {model_id!r} needs base model {meta.base_model!r}, "
+                "which is not in the catalog",
+                hint="add the base model's catalog entry or voicepack",
+            )
         return self._entries[model_id]
 
     def _existing(self, model_id: str) -> Entry:
@@ -259,7 +289,10 @@ class ModelManager:
             self._events.emit("pinned" if pinned else "unpinned", entry.model_id)
 
     def _status(self, entry: Entry) -> ModelStatus:
-        return build_status(entry, self._policy, self._clock(), self._device)
+        return build_status(entry, self._policy, self._clock(), self._device_for(entry))
+
+    def _device_for(self, entry: Entry) -> str:
+        return entry.device or self._device
 
     # -- internals: loading ----------------------------------------------------------------
 
@@ -298,6 +331,9 @@ class ModelManager:
 
     async def _load_task(self, entry: Entry) -> LoadOutcome:
         try:
+            entry.device = await self._run_blocking(functools.partial(self._device_of, entry.meta))
+            if entry.meta.is_lora:
+                return await self._attach_now(entry)  # no load slot: milliseconds, no new base
             async with self._load_slots:
                 entry.load_running = True
                 return await self._load_now(entry)
@@ -321,17 +357,55 @@ class ModelManager:
             raise
         except Exception as exc:
             raise ModelLoadError(f"failed to load {entry.model_id}: {exc}") from exc
+        return self._loaded(entry, handle, started, evicted)
+
+    async def _attach_now(self, entry: Entry) -> LoadOutcome:
+        """A LoRA voice: make its base resident (a normal load if needed), attach the adapter."""
+        assert entry.meta.base_model is not None
+        base = self._entry_for_use(entry.meta.base_model)
+        with self._held(base):
+            await self._ensure_resident(base, bounded=False)
+            base.attached.add(entry.model_id)  # from here the base cannot be evicted
+        try:
+            evicted = await self._make_room(entry)
+            started = self._clock()
+            assert base.handle is not None
+            handle = await self._run_blocking(
+                functools.partial(self._attach_fn, base.handle, entry.meta)
+            )
+        except BaseException:
+            self._detached(entry)
+            raise
+        return self._loaded(entry, handle, started, evicted, base=base.model_id)
+
+    def _loaded(
+        self,
+        entry: Entry,
+        handle: ModelHandle,
+        started: float,
+        evicted: builtins.list[str],
+        base: str | None = None,
+    ) -> LoadOutcome:
         load_ms = (self._clock() - started) * 1000
         entry.mark_resident(handle, load_ms, self._clock(), self._wall())
         self._events.emit("loaded", entry.model_id)
         log.info(
-            "model loaded",
+            "model attached" if base else "model loaded",
             model=entry.model_id,
+            base=base,
+            device=entry.device,
             load_ms=round(load_ms, 1),
             memory_mib=round(handle.memory_bytes / _MIB, 1),
             evicted=evicted,
         )
         return LoadOutcome(load_ms, tuple(evicted))
+
+    def _detached(self, entry: Entry) -> None:
+        """A LoRA voice left (or never arrived): its base's idle clock may start."""
+        base = self._entries.get(entry.meta.base_model or "")
+        if base is not None and entry.model_id in base.attached:
+            base.attached.discard(entry.model_id)
+            self._touch(base)
 
     def _load_failed(self, entry: Entry, exc: Exception) -> None:
         entry.state = "unavailable" if isinstance(exc, WeightsMissing) else "not_loaded"
@@ -345,7 +419,8 @@ class ModelManager:
         """Evict for the cap (honouring min residency), then for memory (not: refusing a load
         is worse than reloading a young model); refuse with RESOURCE_EXHAUSTED if still short."""
         cap, entries = self._config.resident_cap, self._entries.values()
-        needed = estimate_bytes(entry.meta, self._device)
+        device = self._device_for(entry)
+        needed = estimate_bytes(entry.meta, device)
         evicted = await self._evict_until(
             lambda: occupancy(entries) <= cap,
             lambda now: cap_refusal(entry, entries, self._policy, now, cap),
@@ -355,7 +430,7 @@ class ModelManager:
         evicted += await self._evict_until(
             lambda: self._free_bytes(entry) >= needed,
             lambda now: memory_refusal(
-                entry, self._device, needed, self._free_bytes(entry), self._config
+                entry, device, needed, self._free_bytes(entry), self._config
             ),
             honour_min_residency=False,
             reason="memory",
@@ -385,9 +460,10 @@ class ModelManager:
     def _free_bytes(self, entry: Entry) -> int:
         # Other loads past this check have not grown the process yet: count their estimates
         # as taken, or two parallel loads could each see the same free memory.
-        reserved = reserved_bytes(self._entries.values(), self._device, besides=entry)
+        device = self._device_for(entry)
+        reserved = reserved_bytes(self._entries.values(), device, besides=entry)
         headroom = self._config.memory_headroom_mb * _MIB
-        return self._probe(self._device) - headroom - reserved
+        return self._probe(device) - headroom - reserved
 
     # -- internals: unloading --------------------------------------------------------------
 
@@ -408,6 +484,7 @@ class ModelManager:
             log.error("model close failed", model=entry.model_id, error=str(exc))
         finally:
             entry.forget_handle()
+            self._detached(entry)
             if entry.dropped:
                 self._entries.pop(entry.model_id, None)
         close_ms = (self._clock() - started) * 1000
@@ -431,3 +508,7 @@ class ModelManager:
                 await self.evict_idle()
             except Exception:
                 log.exception("evictor pass failed")
+
+
+def _no_lora(base: ModelHandle, meta: ModelMeta) -> ModelHandle:
+    raise FailedPrecondition(f"{meta.model_id!r} is a LoRA voice and this worker attaches none")

@@ -56,6 +56,8 @@ def model_info(s: ModelStatus) -> pb.ModelInfo:
         device=s.device,
         unavailable_reason=s.unavailable_reason or "",
         loaded_unix=s.loaded_unix or 0.0,
+        base_model=s.base_model or "",
+        adapters=list(s.adapters),
     )
 
 

@@ -20,7 +20,8 @@ from duplexd.logging import get_logger
 from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.adapters.registry import adapter_class
 from duplexd.tts.catalog import Catalog, ModelMeta
-from duplexd.tts.manager import ModelManager
+from duplexd.tts.devices import require_gpu, resolve_device
+from duplexd.tts.manager import ModelHandle, ModelManager
 from duplexd.tts.memory import process_rss_bytes
 from duplexd.tts.session import WorkerSession, new_session_id
 from duplexd.tts.telemetry import WorkerTelemetry
@@ -41,7 +42,12 @@ class Worker:
         )
         self.catalog = self._read_catalog()
         self.manager = ModelManager(
-            self.catalog, config.model_manager, self._load_model, device=self._device()
+            self.catalog,
+            config.model_manager,
+            self._load_model,
+            device=config.worker.device,
+            device_of=self._resolve_device,
+            attach_fn=self._attach_lora,
         )
         self.manager.subscribe(self._on_model_event)
         self.sessions: dict[str, WorkerSession] = {}
@@ -170,10 +176,14 @@ class Worker:
     # -- internals -------------------------------------------------------------------------
 
     def _device(self) -> str:
+        """The worker's device for announcements: what resident models use, else the setting
+        (`auto` is reported as cpu unless a resident model resolved to a GPU)."""
+        devices = {s.device for s in self.manager.list() if s.state == "resident"}
+        gpus = sorted(d for d in devices if d.startswith("cuda"))
+        if gpus:
+            return gpus[0]
         device = self.config.worker.device
-        if device == "auto":
-            return "cuda:0" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
-        return device
+        return "cpu" if device == "auto" else device
 
     def _read_catalog(self) -> Catalog:
         mm = self.config.model_manager
@@ -183,17 +193,35 @@ class Worker:
             mm.effective_models_dir,
         )
 
-    def _load_model(self, meta: ModelMeta) -> TTSAdapter:
-        """The Model Manager's LoadFn: import the family, load, warm up (blocking)."""
+    def _resolve_device(self, meta: ModelMeta) -> str:
+        """The Model Manager's DeviceFn (blocking: a torch family may import torch)."""
         only = self.config.worker.adapter
         if only and meta.family != only:
             raise FailedPrecondition(f"worker {self.name} serves only the {only!r} family")
+        uses_torch = adapter_class(meta.family).uses_torch
+        device = resolve_device(self.config.worker.device, meta.device, uses_torch=uses_torch)
+        require_gpu(meta.model_id, device, meta.needs_gpu)
+        return device
+
+    def _load_model(self, meta: ModelMeta) -> TTSAdapter:
+        """The Model Manager's LoadFn: import the family, load, warm up (blocking)."""
         adapter = adapter_class(meta.family)(
-            meta, device=self._device(), threads=self.config.worker.engine_threads
+            meta, device=self._resolve_device(meta), threads=self.config.worker.engine_threads
         )
         adapter.load()
         adapter.warmup(self.config.model_manager.warmup_text)
         return adapter
+
+    def _attach_lora(self, base: ModelHandle, meta: ModelMeta) -> TTSAdapter:
+        """The Model Manager's AttachFn: add a LoRA voice to its resident base, warm it up."""
+        assert isinstance(base, TTSAdapter)
+        voice = base.attach_lora(meta)
+        try:
+            voice.warmup(self.config.model_manager.warmup_text)
+        except BaseException:
+            voice.close()
+            raise
+        return voice
 
     def _on_model_event(self, event: str, model_id: str) -> None:
         log.info("model event", change=event, model=model_id)

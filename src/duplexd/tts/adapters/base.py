@@ -40,6 +40,8 @@ class TTSAdapter(ABC):
     """One loaded model of one engine family."""
 
     family: ClassVar[str]
+    # torch engines: `device: auto` means a CUDA GPU when torch sees one (duplexd.tts.devices)
+    uses_torch: ClassVar[bool] = False
 
     def __init__(self, meta: ModelMeta, *, device: str = "cpu", threads: int = 1) -> None:
         self.meta = meta
