@@ -2,7 +2,9 @@
 # Install everything duplex needs on Debian/Ubuntu: system packages, uv, the locked venv.
 #   bash scripts/setup.sh         runtime: PortAudio, espeak-ng, the default install
 #   bash scripts/setup.sh --dev   + test tools: redis-server, jackd2 (dummy audio), sox, Chromium
-#                                 and chromedriver (browser tests), the dev group
+#                                 and chromedriver (browser tests), the dev group, and every
+#                                 extra (the neural voices' torch stack: the tests build tiny
+#                                 XTTS/CSM models and run Kokoro)
 # Idempotent: a second run only checks. Needs root (or passwordless sudo) only to add packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +50,8 @@ if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
 fi
 
 if (( dev )); then
-  say "syncing the locked environment (with dev tools) into .venv"
-  python3 -m uv sync --locked --quiet
+  say "syncing the locked environment (dev tools + all extras: torch, coqui-tts, transformers) into .venv"
+  python3 -m uv sync --locked --all-extras --quiet
 else
   say "syncing the locked environment into .venv"
   python3 -m uv sync --locked --no-dev --quiet
