@@ -39,7 +39,16 @@ __all__ = [
 ]
 
 # Run order for `--suite all`: cheap and undisturbed first, the load ramp last on the worker.
-ORDER: tuple[str, ...] = ("tts", "load", "concurrency", "asr", "bargein", "e2e", "opus")
+ORDER: tuple[str, ...] = (
+    "tts",
+    "load",
+    "concurrency",
+    "asr",
+    "bargein",
+    "e2e",
+    "opus",
+    "voices",
+)
 ALL = "all"
 
 # Suites that need a daemon not written yet: name -> what they need.

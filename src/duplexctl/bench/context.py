@@ -10,6 +10,7 @@ thread count a worker uses (``worker.engine_threads``), and closed at the end.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -152,10 +153,14 @@ class BenchContext:
         """A new client to the worker under test (use it as ``async with``)."""
         return TTSClient(await self.worker(), api_key=self.api_key)
 
-    async def start_worker(self, args: list[str]) -> DaemonProc:
+    async def start_worker(
+        self, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60.0
+    ) -> DaemonProc:
         """A dedicated extra worker (e.g. with a short TTL), stopped at the end of the run."""
         folder = self.workdir / f"worker-extra-{len(self._extra)}"
-        proc = await asyncio.to_thread(start_daemon, "worker", folder, args)
+        proc = await asyncio.to_thread(
+            functools.partial(start_daemon, "worker", folder, args, env=env, timeout_s=timeout_s)
+        )
         self._extra.append(proc)
         return proc
 
@@ -176,15 +181,17 @@ class BenchContext:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            from duplexd.tts.catalog import Catalog
-
-            mm = self.config.model_manager
-            self._catalog = Catalog.load(
-                _checkout_path(mm.catalog),
-                _checkout_path(mm.voicepacks_dir),
-                mm.effective_models_dir,
-            )
+            self._catalog = self.load_catalog(self.config.model_manager.effective_models_dir)
         return self._catalog
+
+    def load_catalog(self, models_dir: Path) -> Catalog:
+        """The catalog an embedded worker would read, with weights under `models_dir`."""
+        from duplexd.tts.catalog import Catalog
+
+        mm = self.config.model_manager
+        return Catalog.load(
+            _checkout_path(mm.catalog), _checkout_path(mm.voicepacks_dir), models_dir
+        )
 
     async def engine(self, model_id: str) -> EngineRef:
         """`model_id` loaded (and warmed) in this process with the worker's thread count."""
@@ -194,15 +201,17 @@ class BenchContext:
 
     def _load_engine(self, model_id: str) -> EngineRef:
         from duplexd.tts.adapters.registry import adapter_class
+        from duplexd.tts.devices import resolve_device
 
         meta = self.catalog.get(model_id)
         cls = adapter_class(meta.family)
+        device = resolve_device(self.config.worker.device, meta.device, uses_torch=cls.uses_torch)
         # A first, untimed load imports the engine's libraries (onnxruntime: ~0.5 s), which a
         # worker has done long before it reloads a model; the timed load below is like that.
-        primer = cls(meta, threads=self.config.worker.engine_threads)
+        primer = cls(meta, device=device, threads=self.config.worker.engine_threads)
         primer.load()
         primer.close()
-        adapter = cls(meta, threads=self.config.worker.engine_threads)
+        adapter = cls(meta, device=device, threads=self.config.worker.engine_threads)
         started = time.perf_counter()
         adapter.load()
         loaded = time.perf_counter()

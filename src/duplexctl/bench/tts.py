@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from duplexctl.bench.context import BenchContext
     from duplexd.tts.adapters.base import TTSAdapter
 
-__all__ = ["SENTENCES", "rows", "run", "targets", "title"]
+__all__ = ["SENTENCES", "raw_reference", "rows", "run", "stream_fal", "targets", "title"]
 
 title = "TTS latency and cadence"
 
@@ -100,15 +100,15 @@ async def _bench_model(
     session = await client.start_session(model_id=model)
     sid = session.session_id
     try:
-        await asyncio.to_thread(_raw, engine.adapter, _WARMUP)  # warm both paths alike
-        await _stream(client, sid, _WARMUP)
-        raws: list[_Raw] = []
+        await asyncio.to_thread(raw_reference, engine.adapter, _WARMUP)  # warm both paths alike
+        await stream_fal(client, sid, _WARMUP)
+        raws: list[RawFigures] = []
         streams: list[list[float]] = []
         fals: list[float] = []
         for i, text in enumerate(texts, 1):
-            raws.append(await asyncio.to_thread(_raw, engine.adapter, text))
+            raws.append(await asyncio.to_thread(raw_reference, engine.adapter, text))
             await asyncio.sleep(_SETTLE_S)  # let this process's engine threads stop spinning
-            fal, arrivals = await _stream(client, sid, text)
+            fal, arrivals = await stream_fal(client, sid, text)
             fals.append(fal)
             streams.append(arrivals)
             ctx.current.step(f"{model}: {i}/{len(texts)}")
@@ -137,7 +137,7 @@ async def _bench_model(
     }
 
 
-class _Raw:
+class RawFigures:
     __slots__ = ("audio_s", "first_batch_ms", "first_chunk_ms", "synth_s")
 
     def __init__(
@@ -149,7 +149,7 @@ class _Raw:
         self.first_batch_ms = first_batch_ms
 
 
-def _raw(adapter: TTSAdapter, text: str) -> _Raw:
+def raw_reference(adapter: TTSAdapter, text: str) -> RawFigures:
     """The engine alone, in this process (blocking: run it on a thread)."""
     voice = adapter.meta.default_voice
     started = time.perf_counter()
@@ -162,7 +162,7 @@ def _raw(adapter: TTSAdapter, text: str) -> _Raw:
     batch_started = time.perf_counter()
     next(batches)
     batch_at = time.perf_counter()
-    return _Raw(
+    return RawFigures(
         (first_at - started) * 1000,
         ended - started,
         samples / adapter.sample_rate,
@@ -170,7 +170,7 @@ def _raw(adapter: TTSAdapter, text: str) -> _Raw:
     )
 
 
-async def _stream(client: TTSClient, sid: str, text: str) -> tuple[float, list[float]]:
+async def stream_fal(client: TTSClient, sid: str, text: str) -> tuple[float, list[float]]:
     """(first-audio ms, arrival time of every frame) for one utterance over gRPC."""
     arrivals: list[float] = []
     started = time.perf_counter()
