@@ -1,9 +1,13 @@
-"""`duplexctl models list|load|unload|pin|unpin|preload`: the workers' Model Managers.
+"""`duplexctl models list|pull|load|unload|pin|unpin|preload`: models and the workers' Managers.
 
 `list` reads like `ollama ps`: what each worker has resident, how much memory it takes and
 how long it stays (the idle TTL counting down, "forever" for pinned and default models).
 Every other command is one RPC per model and worker; a refusal (unknown model, in use, no
 room, busy) prints the worker's reason and exits with that error's code (see errors.py).
+
+`pull` is local, like `ollama pull`: it fetches a catalog model's weights into the models dir
+(duplexd.tts.pull) with a progress bar; `list` adds whether each model is pulled on this machine,
+and when no worker answers it still shows the local catalog.
 
 Without ``--worker`` a command goes to every worker `duplexctl up` started (else to
 127.0.0.1:7001). With a fleet registry (``--redis URL`` or ``DUPLEX_REDIS_URL``) `list` shows
@@ -15,8 +19,11 @@ every registered worker too, and ``--worker NAME`` also finds workers registered
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -26,22 +33,30 @@ from duplexctl.cli._common import console, err_console, fail, table
 from duplexd.errors import DuplexError, InvalidArgument
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from duplexctl.client.fleet import WorkerTarget
     from duplexd.rpc import tts_pb2 as pb
+    from duplexd.tts.catalog import Catalog, ModelMeta
     from duplexd.tts.client import TTSClient
+    from duplexd.tts.pull import PullProgress, PullResult
 
 __all__ = ["app"]
 
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="List, load, unload and pin TTS models on the workers.",
+    help="List, pull, load, unload and pin TTS models (pull: onto this machine).",
     no_args_is_help=True,
     rich_markup_mode="rich",
     epilog="""\
 [bold]Examples[/bold]
 
   duplexctl models list                          every model on every worker
+
+  duplexctl models pull xtts-v2-en               download its weights (resumes if cut off)
+
+  duplexctl models pull my-voice --from ./my-voice.tar.gz   from a local copy
 
   duplexctl models load espeak-en                load (and warm) a model
 
@@ -73,41 +88,62 @@ RedisOpt = Annotated[
     ),
 ]
 ModelArg = Annotated[str, typer.Argument(help="Model id, as `duplexctl models list` shows it.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        help="Worker config naming the catalog and models dir, as given to `duplexd worker "
+        "--config` (default: built-in settings and DUPLEX_* variables, as the worker uses).",
+    ),
+]
 
 _STATES = {1: "not loaded", 2: "loading", 3: "resident", 4: "unloading", 5: "unavailable"}
 _STATE_STYLES = {"resident": "green", "loading": "yellow", "unloading": "yellow"}
 
 
 @app.command("list")
-def list_models(worker: WorkerOpt = None, redis: RedisOpt = None) -> None:
-    """Show every catalog model on each worker: state, leases, pin, memory and TTL."""
+def list_models(worker: WorkerOpt = None, redis: RedisOpt = None, config: ConfigOpt = None) -> None:
+    """Show every catalog model on each worker: state, leases, pin, pulled, memory and TTL.
+
+    PULLED says whether the model's files are on this machine (yes, no, package: they ship in
+    a Python package, voicepack: beside its metadata, —: it needs none); ? for workers on
+    other hosts. When no worker answers, the local catalog is listed before the error.
+    """
     targets = _targets(worker, redis, whole_fleet=True)
     results = _run(_gather(targets, lambda c: c.list_models()))
+    local = _local_states(config)
     rows: list[list[str | Text]] = []
     unavailable: list[str] = []
     for target, result in results:
         if isinstance(result, DuplexError):
             continue
         name = result.worker_name or target.name
-        rows += [_model_row(m, name) for m in result.models]
+        here = local if _is_loopback(target.addr) else {}
+        rows += [_model_row(m, name, here.get(m.id, "?")) for m in result.models]
         unavailable += [
             f"{m.id} on {name}: {m.unavailable_reason}" for m in result.models if m.state == 5
         ]
     if rows:
         console.print(_models_table(rows))
         console.print("* the worker's default model (always resident)", style="dim")
+    elif local:
+        console.print(_local_table(config))
     for line in unavailable:
         console.print(f"unavailable: {line}", style="yellow")
     _exit_on_errors(results)
 
 
 def _models_table(rows: list[list[str | Text]]) -> object:
-    columns = ("MODEL", "FAMILY", "WORKER", "STATE", "REFS", "PINNED", "MEMORY", "UNTIL")
+    columns = ("MODEL", "FAMILY", "WORKER", "STATE", "REFS", "PINNED", "PULLED", "MEMORY", "UNTIL")
     # Short columns never fold; on a narrow terminal the ids fold instead of "not loaded".
     return table(*columns, rows=rows, no_wrap=columns[1:2] + columns[3:])
 
 
-def _model_row(m: pb.ModelInfo, worker: str) -> list[str | Text]:
+def _model_row(m: pb.ModelInfo, worker: str, pulled: str) -> list[str | Text]:
     state = _STATES.get(m.state, "?")
     memory = _human_bytes(m.memory_bytes if m.resident else m.estimated_memory_bytes)
     return [
@@ -117,9 +153,58 @@ def _model_row(m: pb.ModelInfo, worker: str) -> list[str | Text]:
         Text(state, style=_STATE_STYLES.get(state, "dim" if state == "not loaded" else "red")),
         str(m.refcount),
         "yes" if m.pinned else "no",
+        _pulled_cell(pulled),
         memory if m.resident else Text(f"~{memory}", style="dim"),
         _until(m),
     ]
+
+
+def _pulled_cell(pulled: str) -> Text:
+    return Text(pulled, style={"yes": "green", "no": "yellow", "?": "dim"}.get(pulled, ""))
+
+
+_PULLED_LABELS = {"yes": "yes", "no": "no", "package": "package", "voicepack": "voicepack"}
+
+
+def _local_states(config: Path | None) -> dict[str, str]:
+    """model id -> PULLED cell for this machine's catalog; {} (shown as ?) if it cannot be read:
+    a console with no checkout may drive remote workers (`duplexctl doctor` names the problem)."""
+    from duplexd.tts.pull import pull_status
+
+    try:
+        catalog, root = _local_catalog(config, None)
+    except DuplexError:
+        return {}
+    return {m.model_id: _PULLED_LABELS.get(pull_status(m, root), "—") for m in catalog}
+
+
+def _local_table(config: Path | None) -> object:
+    """The catalog on this machine, for when no worker answers `list`."""
+    from duplexd.tts.pull import pull_status
+
+    catalog, root = _local_catalog(config, None)
+    rows: list[list[str | Text]] = [
+        [
+            m.model_id,
+            m.family,
+            _pulled_cell(_PULLED_LABELS.get(pull_status(m, root), "—")),
+            Text(f"~{_human_bytes(m.estimated_memory_bytes)}", style="dim"),
+            m.source or "—",
+        ]
+        for m in catalog
+    ]
+    columns = ("MODEL", "FAMILY", "PULLED", "MEMORY", "SOURCE")
+    return table(
+        *columns,
+        rows=rows,
+        title=f"no worker answered; the catalog on this machine (models: {root})",
+        no_wrap=columns[1:4],
+    )
+
+
+def _is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]") or addr
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _until(m: pb.ModelInfo) -> str:
@@ -129,6 +214,244 @@ def _until(m: pb.ModelInfo) -> str:
     if m.ttl_remaining_ms >= 0:
         return _duration(m.ttl_remaining_ms / 1000)
     return "forever" if m.pinned or m.is_default else "—"  # else: in use, no clock yet
+
+
+@app.command()
+def pull(
+    model: ModelArg,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="URL|PATH",
+            help="Pull from here instead of the catalog's source: an https:// or file:// URL, "
+            "an archive, file or folder on this machine, or a Hugging Face repo id.",
+        ),
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--sha256", metavar="HEX", help="Expected SHA-256 of the archive (not the catalog's)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Pull again and replace the copy already there.")
+    ] = False,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir",
+            metavar="DIR",
+            help="Where models live (default: model_manager.models_dir, DUPLEX_MODELS_DIR, "
+            "else the per-user data dir).",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Download a model's weights into the models dir (like `ollama pull`).
+
+    The catalog entry's `source` is an https:// archive (.tar.gz, .zip, or a single file), a
+    file:// URL or a Hugging Face repo id. An interrupted download resumes where it stopped;
+    the archive's SHA-256 is checked when the catalog gives one. The model folder appears only
+    once complete, so a worker never sees half a model.
+
+    [bold]Examples[/bold]
+
+      duplexctl models pull xtts-v2-en
+
+      duplexctl models pull xtts-v2-en --from ~/Downloads/xtts-v2.tar.gz   offline: a copy
+
+      duplexctl models pull my-voice --from https://host/my-voice.zip --sha256 HEX
+
+      duplexctl models pull xtts-v2-en --force      replace the copy already there
+    """
+    from duplexd.tts.pull import parse_source
+    from duplexd.tts.pull import pull as pull_model
+
+    try:
+        catalog, root = _local_catalog(config, models_dir)
+        meta = catalog.get(model)
+        shown = str(parse_source(from_)) if from_ else meta.source
+    except DuplexError as exc:
+        fail(exc)
+    base = catalog.get(meta.base_model) if meta.base_model and meta.base_model in catalog else None
+    if shown:
+        err_console.print(Text(f"pulling {model} from {shown}"))
+    try:
+        with _PullBar() as bar:
+            result = pull_model(
+                meta,
+                root,
+                source_override=from_,
+                sha256=sha256,
+                progress=bar,
+                force=force,
+                base_meta=base,
+            )
+    except DuplexError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        fail(
+            DuplexError(
+                f"interrupted; the {model} folder was not changed",
+                hint="run the same command again: a download resumes where it stopped",
+            ),
+            code=130,
+        )
+    except OSError as exc:
+        fail(
+            DuplexError(
+                f"cannot write {model} under {root}: {exc}",
+                hint="check free space and permissions (or pass --models-dir); "
+                "the model folder was not changed",
+            )
+        )
+    _report_pull(meta, result, catalog)
+
+
+def _local_catalog(config: Path | None, models_dir: Path | None) -> tuple[Catalog, Path]:
+    """This machine's catalog and models dir, resolved as `duplexd worker` resolves them."""
+    from duplexd.config import WorkerConfig, load_config, resolve_path
+    from duplexd.tts.catalog import Catalog
+
+    mm = load_config(WorkerConfig, config).model_manager
+    root = (models_dir or mm.effective_models_dir).expanduser().absolute()
+    catalog = Catalog.load(
+        resolve_path(mm.catalog, config), resolve_path(mm.voicepacks_dir, config), root
+    )
+    return catalog, root
+
+
+def _report_pull(meta: ModelMeta, result: PullResult, catalog: Catalog) -> None:
+    model = meta.model_id
+    if result.package:
+        console.print(
+            f"{model}: its weights ship in the Python package {result.package}, "
+            "which is installed: nothing to pull"
+        )
+    elif result.already_present:
+        console.print(
+            f"{model} is already pulled: {result.path} ({_files(result)}); --force pulls it again"
+        )
+    else:
+        replaced = ", replacing the previous copy" if result.replaced else ""
+        console.print(f"pulled {model} into {result.path} ({_files(result)}{replaced})")
+        if result.sha256:
+            checked = "verified" if result.verified else "(no checksum given to check it against)"
+            console.print(Text(f"sha256 {result.sha256} {checked}", style="dim"))
+    for note in result.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
+    missing = _missing_extra(meta.extra) if meta.extra else []
+    if missing:
+        console.print(
+            f"next: install its engine (missing: {', '.join(missing)}): "
+            f"uv sync --extra {meta.extra}  (or pip install 'duplex[{meta.extra}]'), "
+            f"then duplexctl models load {model}"
+        )
+    elif meta.base_model and meta.base_model in catalog:
+        console.print(f"next: duplexctl models load {model}  (attaches to {meta.base_model})")
+    else:
+        console.print(f"next: duplexctl models load {model}")
+
+
+def _files(result: PullResult) -> str:
+    files = f"{result.files} file" + ("" if result.files == 1 else "s")
+    return f"{_human_bytes(result.size_bytes)}, {files}"
+
+
+def _missing_extra(extra: str) -> list[str]:
+    """The distributions of duplex's `extra` that are not installed (from our own metadata)."""
+    from importlib.metadata import PackageNotFoundError, distribution, requires
+
+    try:
+        requirements = requires("duplex") or []
+    except PackageNotFoundError:
+        return []
+    names = []
+    for req in requirements:
+        spec, _, marker = req.partition(";")
+        if re.search(rf"""extra\s*==\s*["']{re.escape(extra)}["']""", marker):
+            name = re.split(r"[\s\[<>=!~(]", spec.strip(), maxsplit=1)[0]
+            if name and name != "duplex":
+                names.append(name)
+    missing = []
+    for name in names:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+_PHASE_LABELS = {
+    "download": "downloading",
+    "verify": "sha256",
+    "extract": "extracting",
+    "copy": "copying",
+}
+
+
+class _PullBar:
+    """A Rich progress bar per phase (bytes, speed, ETA) on stderr; the pull's callback."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            Task,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        class SpeedColumn(TransferSpeedColumn):
+            """Transfer speed for downloads; hashing and unpacking speeds mean little."""
+
+            def render(self, task: Task) -> Text:
+                return super().render(task) if task.fields.get("speed") else Text("")
+
+        self.progress: Progress = Progress(
+            TextColumn("{task.description:<16}"),
+            BarColumn(),
+            DownloadColumn(),
+            SpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+        )
+        self.task: TaskID | None = None
+        self.phase: str | None = None
+
+    def __enter__(self) -> _PullBar:
+        return self  # the display starts with the first report: none, no blank line
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+    def __call__(self, event: PullProgress) -> None:
+        if self.task is None:
+            self.progress.start()
+        if event.phase != self.phase or self.task is None:
+            if self.task is not None:  # the finished phase stays on screen, full
+                self.progress.update(self.task, total=self.progress.tasks[-1].completed)
+            self.phase = event.phase
+            if event.resumed_from:
+                self.progress.console.print(f"resuming at {event.resumed_from / 1e6:.1f} MB")
+            self.task = self.progress.add_task(
+                _PHASE_LABELS.get(event.phase, event.phase),
+                total=event.total,
+                speed=event.phase == "download",
+            )
+            # a resumed download starts part-way: that part is no speed sample
+            self.progress.reset(self.task, total=event.total, completed=event.done)
+            return
+        self.progress.update(self.task, completed=event.done, total=event.total)
 
 
 @app.command()
