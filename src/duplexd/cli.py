@@ -66,6 +66,10 @@ def worker(
         int | None, typer.Option("--metrics-port", "--metrics_port", help="Prometheus port [9101]")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda:N [auto]")] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(help="serve only this family (e.g. parler from its engine env) [all]"),
+    ] = None,
     default_model: Annotated[
         str | None,
         typer.Option("--default-model", "--default_model", help="loaded + warmed at start"),
@@ -113,6 +117,7 @@ def worker(
         "worker.name": name,
         "worker.metrics_port": metrics_port,
         "worker.device": device,
+        "worker.adapter": adapter,
         "worker.lead_ms": lead_ms,
         "model_manager.default_model_id": default_model,
         "model_manager.preload_model_ids": _csv(preload_models),
@@ -222,7 +227,7 @@ app.add_typer(testing_app, name="testing")
 
 @testing_app.command("tiny-model")
 def tiny_model(
-    kind: Annotated[str, typer.Argument(help="xtts | csm | csm-lora")],
+    kind: Annotated[str, typer.Argument(help="xtts | csm | csm-lora | spark | parler")],
     out: Annotated[
         Path | None,
         typer.Option(help="folder to write [$DUPLEX_MODELS_DIR/<catalog id of KIND>]"),
@@ -247,11 +252,13 @@ def tiny_model(
         print(f"duplexd: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except ImportError as exc:
-        print(
-            f"duplexd: error: {exc}; the tiny {kind} model needs its extra: "
-            "`uv sync --extra ml` or `pip install 'duplex[ml]'`",
-            file=sys.stderr,
+        need = (
+            "its engine env: `bash scripts/engine-env.sh parler`, then run this command with "
+            "`.venvs/parler/bin/duplexd`"
+            if kind == "parler"
+            else "its extra: `uv sync --extra ml` or `pip install 'duplex[ml]'`"
         )
+        print(f"duplexd: error: {exc}; the tiny {kind} model needs {need}", file=sys.stderr)
         raise SystemExit(6) from None
     files = sorted(p.name for p in written.iterdir())
     print(f"wrote tiny {kind} model to {written}: {', '.join(files)}")

@@ -64,12 +64,24 @@ def start_daemon(
     *,
     env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
+    python: Path | None = None,
 ) -> DaemonProc:
-    """Start `duplexd <kind> --port 0 …` and wait until it reports ready."""
+    """Start `duplexd <kind> --port 0 …` and wait until it reports ready; `python` runs it from
+    another environment (an engine env such as `.venvs/parler`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{kind}-{time.monotonic_ns()}.ready.json"
     log_path = ready.with_suffix(".log")
-    cmd = [sys.executable, "-m", "duplexd", kind, "--port", "0", "--ready-file", str(ready), *args]
+    cmd = [
+        str(python or sys.executable),
+        "-m",
+        "duplexd",
+        kind,
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+        *args,
+    ]
     if kind == "worker" and "--metrics-port" not in args:
         cmd += ["--metrics-port", str(free_port())]
     full_env = {**os.environ, **(env or {})}
@@ -90,9 +102,15 @@ def start_daemon(
 
 @contextmanager
 def daemon(
-    kind: str, workdir: Path, args: Sequence[str] = (), *, env: dict[str, str] | None = None
+    kind: str,
+    workdir: Path,
+    args: Sequence[str] = (),
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+    python: Path | None = None,
 ) -> Iterator[DaemonProc]:
-    proc = start_daemon(kind, workdir, args, env=env)
+    proc = start_daemon(kind, workdir, args, env=env, timeout_s=timeout_s, python=python)
     try:
         yield proc
     finally:
