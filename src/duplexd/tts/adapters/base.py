@@ -42,6 +42,11 @@ class TTSAdapter(ABC):
     family: ClassVar[str]
     # torch engines: `device: auto` means a CUDA GPU when torch sees one (duplexd.tts.devices)
     uses_torch: ClassVar[bool] = False
+    # The engine's Python modules and the install extra that provides them: imported before the
+    # load's memory reading starts, so a process's one-time library import (torch: ~0.5-0.8 GB)
+    # is not booked as the model's memory (which unloading could never give back).
+    engine_modules: ClassVar[tuple[str, ...]] = ()
+    engine_extra: ClassVar[str] = ""
 
     def __init__(self, meta: ModelMeta, *, device: str = "cpu", threads: int = 1) -> None:
         self.meta = meta
@@ -55,6 +60,10 @@ class TTSAdapter(ABC):
 
     def load(self) -> None:
         """Load the engine and record how much memory it took."""
+        if self.meta.weights:
+            self.meta.weights_path()  # missing weights fail before seconds of engine imports
+        if self.engine_modules:
+            require_extra(self.engine_extra or self.family, *self.engine_modules)
         before = process_rss_bytes()
         try:
             self._load()
