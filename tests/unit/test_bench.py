@@ -249,7 +249,8 @@ def test_a_missing_compare_file_fails_before_running(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("hide_planned")
 def test_plan_runs_what_exists_and_skips_what_is_planned() -> None:
     names, skipped = plan(["all"])
-    assert names == [*MINE, "opus", "voices"]  # every existing suite, in ORDER, the hidden ones skipped
+    # every existing suite, in ORDER, the hidden ones skipped
+    assert names == [*MINE, "opus", "voices"]
     reason = "not available yet: needs `duplexd orchestrator`"
     assert skipped == {"bargein": reason, "e2e": reason}
     assert plan(["asr", "tts"]) == (["tts", "asr"], {})

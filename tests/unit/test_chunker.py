@@ -203,3 +203,15 @@ def test_units_preserve_the_words_for_any_split(
     for unit in units:
         assert unit and unit == " ".join(unit.split())
         assert len(unit) <= max_chars + longest_word
+
+
+def test_japanese_without_spaces_cuts_at_its_own_marks() -> None:
+    chunker = sentence_only()
+    units: list[str] = []
+    for char in "こんにちは。今日はいい天気ですね！「はい」と言った。":  # streamed char by char
+        units += chunker.push(char)
+    units += chunker.flush()
+    assert units == ["こんにちは。", "今日はいい天気ですね！", "「はい」と言った。"]
+    # 、 is a clause mark like a comma
+    clauses = TextChunker(first_min_chars=3, min_chars=3, max_chars=200)
+    assert chunk_all("えっと、駅はどこですか。", clauses) == ["えっと、", "駅はどこですか。"]

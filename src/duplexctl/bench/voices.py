@@ -272,14 +272,16 @@ async def _bench_lora(ctx: BenchContext, client: TTSClient, catalog: Catalog) ->
 
 def _switch_times(ctx: BenchContext, catalog: Catalog) -> list[float]:
     """Time to make the other adapter active before a turn, on an in-process base."""
+    from duplexd.tts.adapters.csm import CsmAdapter
+
     base, _ms = _load_reference(ctx, catalog.get(_LORA_BASE))
+    assert isinstance(base, CsmAdapter)
     voices = [base.attach_lora(catalog.get(lora)) for lora in LORAS]
     try:
         times = []
         for i in range(_SWITCHES):
-            voice = voices[i % len(voices)]
             started = time.perf_counter()
-            voice.activate()  # type: ignore[attr-defined]
+            base.select(LORAS[i % len(LORAS)])
             times.append((time.perf_counter() - started) * 1000)
         return times
     finally:

@@ -22,17 +22,19 @@ import re
 
 __all__ = ["TextChunker"]
 
-_SENTENCE_END = frozenset(".!?…")
-_CLAUSE_MARKS = frozenset(",;:—–")
-_CLOSERS = "\"'”’»)]}"
-_OPENERS = "\"'“‘«([{"
+_SENTENCE_END = frozenset(".!?…。！？")
+_CLAUSE_MARKS = frozenset(",;:—–、，；：")
+_CLOSERS = "\"'”’»)]}」』）】〕"
+_OPENERS = "\"'“‘«([{「『（【〔"
+# CJK marks end a word without a following space: "こんにちは。今日は" is two words.
+_CJK_MARKS = "。！？、，；："
 # Words whose final period is not a sentence end. Pragmatic, not a linguistics project: a missed
 # cut costs a little latency, a wrong cut costs prosody ("Dr." / "Smith").
 _ABBREVIATIONS = frozenset(
     {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "cf", "approx", "fig"}
 )
 _INITIALS = re.compile(r"(?:[^\W\d_]\.)+")  # "J.", "U.S.", "e.g.", "i.e.", "a.m."
-_TOKENS = re.compile(r"\S+|\s+")
+_TOKENS = re.compile(rf"\s+|\S*?[{_CJK_MARKS}]+[{re.escape(_CLOSERS)}]*|\S+")
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # as str.splitlines sees them
 
 

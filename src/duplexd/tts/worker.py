@@ -213,15 +213,10 @@ class Worker:
         return adapter
 
     def _attach_lora(self, base: ModelHandle, meta: ModelMeta) -> TTSAdapter:
-        """The Model Manager's AttachFn: add a LoRA voice to its resident base, warm it up."""
+        """The Model Manager's AttachFn: add a LoRA voice to its resident base. No warmup: the
+        base is warm and an adapter adds only small matrices to layers already run."""
         assert isinstance(base, TTSAdapter)
-        voice = base.attach_lora(meta)
-        try:
-            voice.warmup(self.config.model_manager.warmup_text)
-        except BaseException:
-            voice.close()
-            raise
-        return voice
+        return base.attach_lora(meta)
 
     def _on_model_event(self, event: str, model_id: str) -> None:
         log.info("model event", change=event, model=model_id)

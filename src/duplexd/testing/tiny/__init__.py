@@ -28,6 +28,8 @@ BUILDERS: dict[str, str] = {
     "xtts": "duplexd.testing.tiny.xtts:build",
     "csm": "duplexd.testing.tiny.csm:build_base",
     "csm-lora": "duplexd.testing.tiny.csm:build_lora",
+    "spark": "duplexd.testing.tiny.spark:build",
+    "parler": "duplexd.testing.tiny.parler:build",
 }
 
 # the catalog id each kind is written for by default (under $DUPLEX_MODELS_DIR)
@@ -35,6 +37,8 @@ DEFAULT_IDS: dict[str, str] = {
     "xtts": "xtts-v2-en",
     "csm": "sesame-csm-1b",
     "csm-lora": "sesame-unsloth-lora01",
+    "spark": "spark-tts-0.5b",
+    "parler": "parler-tts-mini-v1",
 }
 
 
