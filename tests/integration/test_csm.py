@@ -9,6 +9,9 @@ sesame-unsloth-lora01/02), exactly as it would find real weights.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -78,6 +81,18 @@ async def test_lora_voices_attach_to_one_resident_base(csm_worker: DaemonProc) -
     assert (a.base_model, b.base_model) == (BASE, BASE)
     # a voice holds its adapter's weights, not another copy of the base
     assert 0 < a.memory_bytes < 1_000_000 and 0 < b.memory_bytes < 1_000_000
+    # and the console shows the base with its voices
+    listing = subprocess.run(
+        [sys.executable, "-m", "duplexctl", "models", "list", "--worker", csm_worker.addr],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "250"},
+        check=False,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert f"{BASE} (+ LoRA {LORA_A}, {LORA_B})" in listing.stdout
+    assert f"{LORA_A} (LoRA on {BASE})" in listing.stdout
     assert loaded_b.load_ms < 5_000
 
 

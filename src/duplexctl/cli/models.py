@@ -146,8 +146,13 @@ def _models_table(rows: list[list[str | Text]]) -> object:
 def _model_row(m: pb.ModelInfo, worker: str, pulled: str) -> list[str | Text]:
     state = _STATES.get(m.state, "?")
     memory = _human_bytes(m.memory_bytes if m.resident else m.estimated_memory_bytes)
+    name = f"{m.id} *" if m.is_default else m.id
+    if m.base_model:
+        name += f" (LoRA on {m.base_model})"
+    if m.adapters:
+        name += f" (+ LoRA {', '.join(m.adapters)})"
     return [
-        f"{m.id} *" if m.is_default else m.id,
+        name,
         m.family,
         worker,
         Text(state, style=_STATE_STYLES.get(state, "dim" if state == "not loaded" else "red")),
