@@ -84,6 +84,10 @@ class TTSAdapter(ABC):
         self._close()
         self._loaded = False
         gc.collect()
+        if self.uses_torch and self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()  # hand the freed blocks back to the driver and other models
         _return_heap_to_os()
 
     @property

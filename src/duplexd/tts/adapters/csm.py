@@ -134,9 +134,7 @@ class CsmAdapter(TTSAdapter):
         with self._lock:
             self._peft = None
             self._model = None
-            self._processor = None
-            if self.device.startswith("cuda"):
-                self._torch.cuda.empty_cache()
+            self._processor = None  # the base class empties the CUDA cache after gc
 
     @property
     def sample_rate(self) -> int:

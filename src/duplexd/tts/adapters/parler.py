@@ -170,10 +170,6 @@ class ParlerAdapter(TTSAdapter):
         self.model = None
         self.tokenizer = None
         self._description_cache.clear()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()  # hand the freed blocks back to the driver and other models
 
     @property
     def sample_rate(self) -> int:

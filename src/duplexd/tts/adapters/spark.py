@@ -171,10 +171,6 @@ class SparkAdapter(TTSAdapter):
     def _close(self) -> None:
         self._tts = None
         self._clones.clear()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()  # hand the freed blocks back to the driver and other models
 
     @property
     def sample_rate(self) -> int:

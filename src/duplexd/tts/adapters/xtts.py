@@ -166,10 +166,6 @@ class XttsAdapter(TTSAdapter):
         self.model = None
         self._speakers.clear()
         self._cloned.clear()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()  # hand the freed blocks back to the driver and other models
 
     @property
     def sample_rate(self) -> int:
