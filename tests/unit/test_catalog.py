@@ -61,3 +61,11 @@ def test_bad_checksums_in_a_catalog_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="sha256"):
         Catalog.load(path, None)
+
+
+def test_a_missing_engine_is_refused_before_any_import_or_memory_check() -> None:
+    # parler-tts lives in its own environment (scripts/engine-env.sh), never in this one
+    with pytest.raises(ModelLoadError, match=r"'parler_tts': not installed.*engine-env\.sh parler"):
+        adapter_class("parler").check_engine()
+    for family in ("xtts", "csm", "kokoro", "spark"):  # the dev environment has every extra
+        adapter_class(family).check_engine()

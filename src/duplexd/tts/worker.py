@@ -198,8 +198,9 @@ class Worker:
         only = self.config.worker.adapter
         if only and meta.family != only:
             raise FailedPrecondition(f"worker {self.name} serves only the {only!r} family")
-        uses_torch = adapter_class(meta.family).uses_torch
-        device = resolve_device(self.config.worker.device, meta.device, uses_torch=uses_torch)
+        cls = adapter_class(meta.family)
+        cls.check_engine()  # before the memory pre-check: "install X" beats "no memory"
+        device = resolve_device(self.config.worker.device, meta.device, uses_torch=cls.uses_torch)
         require_gpu(meta.model_id, device, meta.needs_gpu)
         return device
 

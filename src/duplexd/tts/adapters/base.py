@@ -47,6 +47,19 @@ class TTSAdapter(ABC):
     # is not booked as the model's memory (which unloading could never give back).
     engine_modules: ClassVar[tuple[str, ...]] = ()
     engine_extra: ClassVar[str] = ""
+    engine_hint: ClassVar[str | None] = None  # how to get the engine, if not a pip extra
+
+    @classmethod
+    def check_engine(cls) -> None:
+        """Cheap (no import): refuse a load whose engine package is not installed, before the
+        Model Manager's memory pre-check could answer with a less useful refusal."""
+        import importlib.util
+
+        for module in cls.engine_modules:
+            if importlib.util.find_spec(module.split(".")[0]) is None:
+                raise _engine_missing(
+                    cls.engine_extra or cls.family, module, "not installed", cls.engine_hint
+                )
 
     def __init__(self, meta: ModelMeta, *, device: str = "cpu", threads: int = 1) -> None:
         self.meta = meta
@@ -63,7 +76,9 @@ class TTSAdapter(ABC):
         if self.meta.weights:
             self.meta.weights_path()  # missing weights fail before seconds of engine imports
         if self.engine_modules:
-            require_extra(self.engine_extra or self.family, *self.engine_modules)
+            require_extra(
+                self.engine_extra or self.family, *self.engine_modules, hint=self.engine_hint
+            )
         before = process_rss_bytes()
         try:
             self._load()
@@ -198,7 +213,7 @@ def as_float(samples: Int16Array) -> Float32Array:
     return (samples.astype(np.float32) / 32767.0).astype(np.float32)
 
 
-def require_extra(extra: str, *modules: str) -> None:
+def require_extra(extra: str, *modules: str, hint: str | None = None) -> None:
     """Import-check the engine modules of a family; missing ones name the install command.
 
     Adapter modules import their engines inside `_load`, so `duplexd` starts (and lists the
@@ -210,8 +225,13 @@ def require_extra(extra: str, *modules: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ModelLoadError(
-                f"the {extra!r} family needs the Python package {module!r}: {exc}",
-                hint=f"install the extra: `uv sync --extra {extra}` in a checkout, "
-                f"or `pip install 'duplex[{extra}]'`",
-            ) from exc
+            raise _engine_missing(extra, module, str(exc), hint) from exc
+
+
+def _engine_missing(extra: str, module: str, why: str, hint: str | None) -> ModelLoadError:
+    return ModelLoadError(
+        f"the {extra!r} family needs the Python package {module!r}: {why}",
+        hint=hint
+        or f"install the extra: `uv sync --extra {extra}` in a checkout, "
+        f"or `pip install 'duplex[{extra}]'`",
+    )

@@ -72,6 +72,8 @@ _OPTIONS = ("descriptions", "max_new_tokens", "suppress_non_audio_tokens", *_GEN
 class ParlerAdapter(TTSAdapter):
     family = "parler"
     uses_torch: ClassVar[bool] = True
+    engine_modules: ClassVar[tuple[str, ...]] = ("torch", "parler_tts")
+    engine_hint: ClassVar[str | None] = ENGINE_ENV_HINT
 
     model: Any = None
     tokenizer: Any = None
@@ -88,7 +90,6 @@ class ParlerAdapter(TTSAdapter):
     # -- lifecycle -----------------------------------------------------------------------
 
     def _load(self) -> None:
-        _require_engine()
         import torch
         from parler_tts import ParlerTTSForConditionalGeneration
 
@@ -230,16 +231,3 @@ class ParlerAdapter(TTSAdapter):
             cached = self.tokenizer(description, return_tensors="pt").to(self.device)
             self._description_cache[description] = cached
         return cached
-
-
-def _require_engine() -> None:
-    """parler-tts and torch must import, else say how to get the engine environment."""
-    for module in ("torch", "parler_tts"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ModelLoadError(
-                f"the 'parler' family needs the Python package {module!r}, which this "
-                f"environment lacks ({exc})",
-                hint=ENGINE_ENV_HINT,
-            ) from exc

@@ -58,7 +58,7 @@ import numpy as np
 
 from duplexd.audio.pcm import Float32Array, Int16Array
 from duplexd.errors import AdapterError, InvalidArgument, ModelLoadError, WeightsMissing
-from duplexd.tts.adapters.base import TTSAdapter, require_extra
+from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.catalog import ModelMeta
 
 __all__ = ["CONTROL_VOICES", "SparkAdapter"]
@@ -97,6 +97,8 @@ class _Clone:
 class SparkAdapter(TTSAdapter):
     family = "spark"
     uses_torch: ClassVar[bool] = True
+    engine_modules: ClassVar[tuple[str, ...]] = ("torch", "spark_tts_lib")
+    engine_extra: ClassVar[str] = "spark"
 
     def __init__(self, meta: ModelMeta, *, device: str = "cpu", threads: int = 1) -> None:
         super().__init__(meta, device=device, threads=threads)
@@ -112,7 +114,6 @@ class SparkAdapter(TTSAdapter):
     # -- lifecycle -----------------------------------------------------------------------
 
     def _load(self) -> None:
-        require_extra("spark", "spark_tts_lib", "torch")
         import torch
         from omegaconf import OmegaConf
         from spark_tts_lib import SparkTTS
