@@ -14,6 +14,7 @@ import gc
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from duplexd.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelLoadError,
+    WeightsMissing,
 )
 from duplexd.tts.catalog import ModelMeta
 from duplexd.tts.memory import process_rss_bytes
@@ -79,6 +81,13 @@ class TTSAdapter(ABC):
             require_extra(
                 self.engine_extra or self.family, *self.engine_modules, hint=self.engine_hint
             )
+        if self.uses_torch and self.device == "cpu":
+            # torch's default is a thread per core in every synthesis: sessions running in
+            # parallel would then oversubscribe the CPU. Process-wide, so every torch family
+            # sets the same worker-wide engine_threads.
+            import torch
+
+            torch.set_num_threads(self.threads)
         before = process_rss_bytes()
         try:
             self._load()
@@ -117,6 +126,19 @@ class TTSAdapter(ABC):
     def sample_rate(self) -> int:
         """The engine's native output rate (the base resamples it to 48 kHz)."""
         return self.meta.native_sr
+
+    def release_folder(self, files: tuple[str, ...], release: str) -> Path:
+        """The model's weights folder, refused unless every file of the upstream `release`
+        layout is there (a half-pulled model names what is missing and the pull command)."""
+        folder = self.meta.weights_path()  # WeightsMissing names the path and the pull command
+        missing = [name for name in files if not (folder / name).is_file()]
+        if missing:
+            raise WeightsMissing(
+                f"{self.meta.model_id!r}: {folder} is not a complete {release} release "
+                f"(missing {', '.join(missing)})",
+                hint=f"run `duplexctl models pull {self.meta.model_id}`",
+            )
+        return folder
 
     # -- LoRA voices ---------------------------------------------------------------------
 

@@ -32,10 +32,9 @@ LoRA voice's options over its base's. Utterance length is bounded (`max_audio_s`
 `1 s + audio_s_per_char` per character) because a model that never samples the end-of-audio
 frame would otherwise talk forever.
 
-Threads: on CPU `_load` calls `torch.set_num_threads(threads)` with the worker's
-`engine_threads`, as the XTTS adapter does (process-wide, so every torch family sets the same
-worker-wide value): torch's default of one thread per core per synthesis oversubscribes the
-cores as soon as two sessions run, and all of them fall behind real time.
+Threads: on CPU the base class sets `torch.set_num_threads(engine_threads)` before loading
+(process-wide, the same worker-wide value for every torch family): torch's default of one thread
+per core per synthesis oversubscribes the cores as soon as two sessions run.
 """
 
 from __future__ import annotations
@@ -113,8 +112,6 @@ class CsmAdapter(TTSAdapter):
         path = self.meta.weights_path()
         options = {**_DEFAULTS, **self.meta.options}
         dtype = _torch_dtype(str(options["dtype"]), self.device, self.meta.model_id)
-        if self.device == "cpu":
-            torch.set_num_threads(self.threads)
         try:
             model = hf.CsmForConditionalGeneration.from_pretrained(path, dtype=dtype)
             processor = hf.AutoProcessor.from_pretrained(path)

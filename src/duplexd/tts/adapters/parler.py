@@ -36,8 +36,8 @@ Options (catalog ``options:``; an unknown key fails the load):
 Generation is per text chunk (the session's chunker cuts clauses): `generate` returns the whole
 chunk's waveform, handed on as one piece.
 
-Threads: on CPU `torch.set_num_threads(threads)` with the worker's `engine_threads`, as the
-other torch families do (see adapters/xtts.py).
+Threads: on CPU the base class sets `torch.set_num_threads(engine_threads)` before loading, as
+for every torch family.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from duplexd.audio.pcm import Float32Array, Int16Array
-from duplexd.errors import InvalidArgument, ModelLoadError, WeightsMissing
+from duplexd.errors import InvalidArgument, ModelLoadError
 from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.catalog import ModelMeta
 
@@ -90,22 +90,12 @@ class ParlerAdapter(TTSAdapter):
     # -- lifecycle -----------------------------------------------------------------------
 
     def _load(self) -> None:
-        import torch
         from parler_tts import ParlerTTSForConditionalGeneration
 
         # transformers, typed loosely: strict mypy sees its classes as untyped callables
         hf: Any = importlib.import_module("transformers")
         self._set_options()
-        folder = self.meta.weights_path()  # WeightsMissing names the path and the pull command
-        missing = [name for name in _FILES if not (folder / name).is_file()]
-        if missing:
-            raise WeightsMissing(
-                f"{self.meta.model_id!r}: {folder} is not a complete Parler-TTS release "
-                f"(missing {', '.join(missing)})",
-                hint=f"run `duplexctl models pull {self.meta.model_id}`",
-            )
-        if self.device == "cpu":
-            torch.set_num_threads(self.threads)
+        folder = self.release_folder(_FILES, "Parler-TTS")
         try:
             model = ParlerTTSForConditionalGeneration.from_pretrained(str(folder))
             tokenizer = hf.AutoTokenizer.from_pretrained(str(folder))

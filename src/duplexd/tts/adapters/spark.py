@@ -39,10 +39,8 @@ semantic tokens mixed, about a third of them global).
 No streaming: Spark generates a whole utterance per `generate` call, so each text unit the
 worker's chunker hands over (a clause) becomes one chunk; first audio costs one clause.
 
-Threads: on CPU this calls `torch.set_num_threads(threads)` with the worker's `engine_threads`,
-as the XTTS adapter does and for the same reason (torch's default of one thread per core per
-synthesis oversubscribes a small box); that setting is process-wide, which is safe because
-every torch family sets the same worker-wide value.
+Threads: on CPU the base class sets `torch.set_num_threads(engine_threads)` before loading
+(torch's default of one thread per core per synthesis oversubscribes a small box).
 """
 
 from __future__ import annotations
@@ -57,7 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from duplexd.audio.pcm import Float32Array, Int16Array
-from duplexd.errors import AdapterError, InvalidArgument, ModelLoadError, WeightsMissing
+from duplexd.errors import AdapterError, InvalidArgument, ModelLoadError
 from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.catalog import ModelMeta
 
@@ -118,17 +116,8 @@ class SparkAdapter(TTSAdapter):
         from omegaconf import OmegaConf
         from spark_tts_lib import SparkTTS
 
-        folder = self.meta.weights_path()  # WeightsMissing names the path and the pull command
-        missing = [name for name in _FILES if not (folder / name).is_file()]
-        if missing:
-            raise WeightsMissing(
-                f"{self.meta.model_id!r}: {folder} is not a complete Spark-TTS release "
-                f"(missing {', '.join(missing)})",
-                hint=f"run `duplexctl models pull {self.meta.model_id}`",
-            )
+        folder = self.release_folder(_FILES, "Spark-TTS")
         self._set_options()
-        if self.device == "cpu":
-            torch.set_num_threads(self.threads)
         try:
             codec: Any = OmegaConf.load(folder / "BiCodec" / "config.yaml")
             self._global_count = int(

@@ -21,13 +21,11 @@ audio each; option ``stream_chunk_size``, default 20 as upstream). Each chunk is
 soon as it exists, so first audio costs one chunk of GPT steps plus one decoder pass, not the
 whole unit.
 
-Threads: on CPU this calls `torch.set_num_threads(threads)` with the worker's `engine_threads`.
+Threads: on CPU the base class sets `torch.set_num_threads(engine_threads)` before loading.
 It is needed: by default torch runs one thread per core in every synthesis, so two sessions (or
 an XTTS session next to Piper's ONNX sessions) oversubscribe the cores and all of them fall
 behind real time (here, on 2 busy cores, one decode took 3x longer on 2 torch threads than on
-1). The setting is process-wide, and it does not fight other engines because it is the same
-worker-wide value that Piper's ONNX sessions use and that every torch family sets. On a GPU it
-is left alone: there the CPU side of a model is one thread feeding kernels.
+1). On a GPU it is left alone: there the CPU side of a model is one thread feeding kernels.
 """
 
 from __future__ import annotations
@@ -42,8 +40,8 @@ import numpy as np
 import structlog
 
 from duplexd.audio.pcm import Float32Array, Int16Array
-from duplexd.errors import InvalidArgument, ModelLoadError, WeightsMissing
-from duplexd.tts.adapters.base import TTSAdapter, require_extra
+from duplexd.errors import InvalidArgument, ModelLoadError
+from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.catalog import ModelMeta
 
 __all__ = ["XttsAdapter"]
@@ -88,16 +86,7 @@ class XttsAdapter(TTSAdapter):
 
     def _load(self) -> None:
         # files first: a missing model is reported at once, not after seconds of torch imports
-        folder = self.meta.weights_path()  # WeightsMissing names the path and the pull command
-        missing = [name for name in _FILES if not (folder / name).is_file()]
-        if missing:
-            raise WeightsMissing(
-                f"{self.meta.model_id!r}: {folder} is not a complete XTTS-v2 release "
-                f"(missing {', '.join(missing)})",
-                hint=f"run `duplexctl models pull {self.meta.model_id}`",
-            )
-        require_extra("xtts", "torch", "TTS")
-        import torch
+        folder = self.release_folder(_FILES, "XTTS-v2")
         from TTS.tts.configs.xtts_config import XttsConfig
         from TTS.tts.models.xtts import Xtts
 
@@ -108,8 +97,6 @@ class XttsAdapter(TTSAdapter):
             raise ModelLoadError(f"{folder / 'config.json'} is not an XTTS config: {exc}") from exc
         self._sampling = {key: getattr(config, key) for key in _CONFIG_SAMPLING}
         self._set_options()
-        if self.device == "cpu":
-            torch.set_num_threads(self.threads)
         model = Xtts(config)
         try:
             model.load_checkpoint(
