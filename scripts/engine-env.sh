@@ -4,7 +4,7 @@
 # without Docker):
 #
 #   bash scripts/engine-env.sh parler          # -> .venvs/parler (Parler-TTS: transformers 4.46.1)
-#   .venvs/parler/bin/duplexd testing tiny-model parler      # a tiny model, or pull the real one
+#   .venvs/parler/bin/duplexd devkit tiny-model parler      # a tiny model, or pull the real one
 #   DUPLEX_WORKER__ADAPTER=parler .venvs/parler/bin/duplexd worker --default-model parler-tts-mini-v1
 #
 # The environment is Python 3.11 with this checkout installed editable (no extras: its default
@@ -77,5 +77,5 @@ engine-env: $engine environment: $root/$env_dir
 start a worker from it (serves only the $family family):
   DUPLEX_WORKER__ADAPTER=$family $env_dir/bin/duplexd worker --default-model $default_model
 a tiny model of the real architecture for tests (no downloads):
-  $env_dir/bin/duplexd testing tiny-model $family --out \$DUPLEX_MODELS_DIR/$default_model
+  $env_dir/bin/duplexd devkit tiny-model $family --out \$DUPLEX_MODELS_DIR/$default_model
 EOF

@@ -218,14 +218,14 @@ async def _worker_main(cfg: Any, config_file: Path | None, ready_file: Path | No
     await run_worker(cfg, config_file, ready_file)
 
 
-testing_app = typer.Typer(
-    help="Test helpers: tiny models of the real architectures for CI and laptops.",
+devkit_app = typer.Typer(
+    help="Developer kit: tiny models of the real architectures for CI and laptops.",
     no_args_is_help=True,
 )
-app.add_typer(testing_app, name="testing")
+app.add_typer(devkit_app, name="devkit")
 
 
-@testing_app.command("tiny-model")
+@devkit_app.command("tiny-model")
 def tiny_model(
     kind: Annotated[str, typer.Argument(help="xtts | csm | csm-lora | spark | parler")],
     out: Annotated[
@@ -239,7 +239,7 @@ def tiny_model(
 ) -> None:
     """Write a tiny randomly initialised model of KIND in its upstream on-disk layout."""
     from duplexd.config import WorkerConfig, load_config
-    from duplexd.testing.tiny import DEFAULT_IDS, build_tiny_model
+    from duplexd.devkit.tiny import DEFAULT_IDS, build_tiny_model
 
     try:
         if out is None:

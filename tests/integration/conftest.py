@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from duplexd.testing.procs import DaemonProc, daemon
+from duplexd.devkit.procs import DaemonProc, daemon
 
 # Worker knobs for tests: short TTL so eviction is observable in seconds, not minutes.
 FAST_TTL = [

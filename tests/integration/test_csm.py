@@ -21,11 +21,11 @@ pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
 from duplexd.audio.frames import FRAME_BYTES
+from duplexd.devkit.procs import DaemonProc, daemon
+from duplexd.devkit.tiny import build_tiny_model
 from duplexd.errors import FailedPrecondition
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.testing.procs import DaemonProc, daemon
-from duplexd.testing.tiny import build_tiny_model
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

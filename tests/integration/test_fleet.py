@@ -28,7 +28,7 @@ import redis
 from typer.testing import CliRunner
 
 from duplexctl.client.ws import VoiceClient
-from duplexd.testing.procs import DaemonProc, free_port, start_daemon
+from duplexd.devkit.procs import DaemonProc, free_port, start_daemon
 
 pytestmark = pytest.mark.integration
 

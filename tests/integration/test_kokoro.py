@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 
 from duplexd.audio.frames import FRAME_BYTES
+from duplexd.devkit.procs import DaemonProc, daemon
 from duplexd.errors import InvalidArgument
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.testing.procs import DaemonProc, daemon
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 pytestmark = pytest.mark.integration
 

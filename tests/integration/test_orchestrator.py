@@ -17,9 +17,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from duplexctl.client.ws import LiveConversation, VoiceClient, run_file_conversation
+from duplexd.devkit.procs import DaemonProc, daemon
+from duplexd.devkit.speech import concat, silence, speech, word_error_rate
 from duplexd.errors import AuthError
-from duplexd.testing.procs import DaemonProc, daemon
-from duplexd.testing.speech import concat, silence, speech, word_error_rate
 
 pytestmark = pytest.mark.integration
 

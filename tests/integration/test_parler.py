@@ -27,10 +27,10 @@ import yaml
 
 from duplexd.audio.frames import FRAME_BYTES
 from duplexd.config import repo_root
+from duplexd.devkit.procs import DaemonProc, daemon, start_daemon
 from duplexd.errors import DuplexError, InvalidArgument
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.testing.procs import DaemonProc, daemon, start_daemon
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 # building the environment from an empty uv cache downloads torch (minutes)
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -67,7 +67,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> ParlerSetup:
     _run(
         [
             str(ENV / "bin" / "duplexd"),
-            "testing",
+            "devkit",
             "tiny-model",
             "parler",
             "--out",

@@ -1,6 +1,6 @@
 """Spark-TTS in the real worker over real gRPC, on a tiny randomly initialised Spark-TTS.
 
-The model is built with spark-tts-lib's own modules (`duplexd testing tiny-model spark`) in the
+The model is built with spark-tts-lib's own modules (`duplexd devkit tiny-model spark`) in the
 upstream release layout, so the worker loads it exactly as it would load
 `SparkAudio/Spark-TTS-0.5B`. One worker serves the whole module: it is asked for the model
 before the weights exist (the error must name the pull), then the weights land and the same
@@ -23,11 +23,11 @@ import pytest
 
 from duplexd.audio.frames import FRAME_BYTES
 from duplexd.config import repo_root
+from duplexd.devkit import speech
+from duplexd.devkit.procs import DaemonProc, daemon
 from duplexd.errors import DuplexError, FailedPrecondition, InvalidArgument
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.testing import speech
-from duplexd.testing.procs import DaemonProc, daemon
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 # find_spec, not importorskip: importing spark-tts-lib pulls in torch and transformers, which
 # collecting the other integration tests should not pay for
@@ -57,7 +57,7 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A real worker (Piper default) whose models dir is empty until the tiny model is built
     into it; a voicepacks copy holding a reference clip."""
-    from duplexd.testing.tiny import build_tiny_model
+    from duplexd.devkit.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("spark")
     models = root / "models"

@@ -36,8 +36,8 @@ from duplexctl.audio.streams import AudioIO, Microphone, Speaker
 from duplexctl.audio.wavfile import read_wav, to_link_rate, write_wav
 from duplexctl.client.embedded import EmbeddedStack
 from duplexd.audio.resample import resample_once
-from duplexd.testing.procs import free_port
-from duplexd.testing.speech import concat, silence, speech, word_error_rate
+from duplexd.devkit.procs import free_port
+from duplexd.devkit.speech import concat, silence, speech, word_error_rate
 
 pytestmark = pytest.mark.integration
 

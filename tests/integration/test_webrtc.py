@@ -29,9 +29,9 @@ import pytest
 
 from duplexctl.client.ws import LiveConversation, VoiceClient
 from duplexd.audio.resample import resample_once
+from duplexd.devkit.procs import DaemonProc, daemon
+from duplexd.devkit.speech import concat, silence, speech, word_error_rate
 from duplexd.errors import InvalidArgument
-from duplexd.testing.procs import DaemonProc, daemon
-from duplexd.testing.speech import concat, silence, speech, word_error_rate
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ import pytest
 from grpc import aio
 
 from duplexd.audio.frames import FRAME_BYTES
+from duplexd.devkit.procs import DaemonProc, daemon, start_daemon
 from duplexd.errors import (
     AuthError,
     FailedPrecondition,
@@ -20,8 +21,7 @@ from duplexd.errors import (
     ResourceExhausted,
 )
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.testing.procs import DaemonProc, daemon, start_daemon
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 pytestmark = pytest.mark.integration
 

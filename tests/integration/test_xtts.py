@@ -1,6 +1,6 @@
 """XTTS-v2 in the real worker over real gRPC, on a tiny randomly initialised XTTS.
 
-The model is built with coqui's own code (`duplexd testing tiny-model xtts`) in the upstream
+The model is built with coqui's own code (`duplexd devkit tiny-model xtts`) in the upstream
 release layout, so the worker loads it exactly as it would load `coqui/XTTS-v2`: hot load,
 streamed frames, PAUSE/RESUME, built-in and zero-shot voices, errors, TTL eviction. The tiny
 GPT's stop token is pinned off, so every text unit is the same ≈ 1.25 s of audio.
@@ -24,11 +24,11 @@ import pytest
 
 from duplexd.audio.frames import FRAME_BYTES
 from duplexd.config import repo_root
+from duplexd.devkit import speech
+from duplexd.devkit.procs import DaemonProc, daemon
 from duplexd.errors import FailedPrecondition, InvalidArgument
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.testing import speech
-from duplexd.testing.procs import DaemonProc, daemon
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 pytest.importorskip("TTS", reason="needs the xtts extra: uv sync --extra xtts")
 
@@ -64,7 +64,7 @@ class XttsSetup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> XttsSetup:
     """The tiny model under a models dir, and a voicepacks copy holding a reference clip."""
-    from duplexd.testing.tiny import build_tiny_model
+    from duplexd.devkit.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("xtts")
     models = root / "models"

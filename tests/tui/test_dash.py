@@ -49,7 +49,7 @@ from duplexctl.tui.widgets.memory import MemoryPanel
 from duplexctl.tui.widgets.models import ModelsPanel
 from duplexctl.tui.widgets.panel import Panel
 from duplexctl.tui.widgets.sessions import SessionsPanel
-from duplexd.testing.procs import DaemonProc, daemon
+from duplexd.devkit.procs import DaemonProc, daemon
 
 NOW = 1_800_000_000.0  # every snapshot test's frozen clock
 MiB, GiB = 1 << 20, 1 << 30

@@ -21,8 +21,8 @@ from duplexd.asr.faster_whisper import (
     assemble_split_model,
     resolve_model,
 )
+from duplexd.devkit.speech import add_noise, concat, silence, speech, word_error_rate
 from duplexd.errors import FailedPrecondition, ModelNotFound, WeightsMissing
-from duplexd.testing.speech import add_noise, concat, silence, speech, word_error_rate
 
 SENTENCE = "please turn on the lights in the kitchen"
 LONG_SENTENCE = "please turn on the lights in the kitchen and then close the door"

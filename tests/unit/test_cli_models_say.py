@@ -15,8 +15,8 @@ from typer.testing import CliRunner, Result
 from duplexctl.cli import models, say
 from duplexctl.client.fleet import DEFAULT_WORKER, WorkerTarget, resolve_workers
 from duplexctl.supervise.state import DaemonRecord, FleetState, StateStore
+from duplexd.devkit.procs import DaemonProc, daemon
 from duplexd.errors import InvalidArgument
-from duplexd.testing.procs import DaemonProc, daemon
 
 app = typer.Typer()
 app.add_typer(models.app, name="models")

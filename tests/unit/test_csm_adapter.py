@@ -1,6 +1,6 @@
 """The CSM adapter and its LoRA voices on tiny random models of the real architecture.
 
-Everything runs through transformers' and peft's real code: `duplexd testing tiny-model`'s
+Everything runs through transformers' and peft's real code: `duplexd devkit tiny-model`'s
 builders write a 2-layer CSM in `sesame/csm-1b`'s layout and PEFT adapters for it, and the
 catalog entries are the repository's own voicepacks pointed at a temporary models dir. A fixed
 `seed` option makes sampling repeatable, so "different voice" and "same output" are exact.
@@ -23,14 +23,14 @@ pytest.importorskip("transformers")
 
 from duplexd.audio.frames import FRAME_BYTES
 from duplexd.config import repo_root
+from duplexd.devkit.tiny import build_tiny_model
+from duplexd.devkit.tiny.csm import build_base, build_lora
 from duplexd.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelLoadError,
     WeightsMissing,
 )
-from duplexd.testing.tiny import build_tiny_model
-from duplexd.testing.tiny.csm import build_base, build_lora
 from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.adapters.csm import CsmAdapter, CsmLoraVoice
 from duplexd.tts.catalog import Catalog, ModelMeta

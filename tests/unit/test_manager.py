@@ -1,4 +1,4 @@
-"""The Model Manager's scheduling rules, driven through the fakes in duplexd.testing.models.
+"""The Model Manager's scheduling rules, driven through the fakes in duplexd.devkit.models.
 
 Real threads run the FakeLoader (the manager's default `asyncio.to_thread`), so the gates really
 hold loads open; time is a ManualClock, so TTL and residency take no wall time.
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from duplexd.config import ModelManagerConfig
+from duplexd.devkit.models import FakeLoader, FakeMemory, ManualClock
 from duplexd.errors import (
     BusyError,
     FailedPrecondition,
@@ -24,7 +25,6 @@ from duplexd.errors import (
     ResourceExhausted,
     WeightsMissing,
 )
-from duplexd.testing.models import FakeLoader, FakeMemory, ManualClock
 from duplexd.tts.catalog import Catalog, ModelMeta
 from duplexd.tts.manager import Lease, ModelManager
 

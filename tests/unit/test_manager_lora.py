@@ -1,4 +1,4 @@
-"""LoRA voices and unavailable entries in the Model Manager (fakes from duplexd.testing.models).
+"""LoRA voices and unavailable entries in the Model Manager (fakes from duplexd.devkit.models).
 
 The engine side (peft adapters on a real CSM) is tested in test_csm_adapter.py and, through a
 real worker, in tests/integration/test_csm.py.
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from duplexd.config import ModelManagerConfig
+from duplexd.devkit.models import FakeLoader, FakeMemory, ManualClock
 from duplexd.errors import FailedPrecondition, ModelLoadError, ModelNotFound
-from duplexd.testing.models import FakeLoader, FakeMemory, ManualClock
 from duplexd.tts.catalog import Catalog, ModelMeta
 from duplexd.tts.manager import ModelManager
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duplexd.testing.speech import concat, ms_to_samples, noise, silence, speech
+from duplexd.devkit.speech import concat, ms_to_samples, noise, silence, speech
 from duplexd.vad import ENGINES, VADEvent, VADParams, VoiceActivityDetector, create_vad
 
 SENTENCE = "please turn on the lights in the kitchen"

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from duplexctl.bench.context import BenchContext
-from duplexd.testing.procs import start_daemon
+from duplexd.devkit.procs import start_daemon
 
 __all__ = ["is_kind", "orchestrator"]
 

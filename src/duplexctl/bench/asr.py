@@ -2,7 +2,7 @@
 
 The test set is generated in the run: espeak-ng (a voice Whisper was not tuned on) speaks a few
 sentences with the voices en-us, en-gb and en-us+f3 (those installed) at 140 and 175 words per
-minute, each clean and with white noise at 15 dB SNR (`duplexd.testing.speech`). Each utterance
+minute, each clean and with white noise at 15 dB SNR (`duplexd.devkit.speech`). Each utterance
 is decoded on its own; RTF = decode time / audio duration over the set, WER is the corpus word
 error rate (edits / reference words); one hallucinated transcript (Whisper looping on noise) can
 dominate it, so `utterance_wer` gives the per-utterance spread too.
@@ -132,7 +132,7 @@ def _installed_voices() -> tuple[set[str], set[str]]:
 
 
 def _test_set(n_sentences: int, full_grid: bool) -> list[Utterance]:
-    from duplexd.testing.speech import add_noise, speech
+    from duplexd.devkit.speech import add_noise, speech
 
     languages, variants = _installed_voices()
 
@@ -167,7 +167,7 @@ async def _bench_engine(
 ) -> dict[str, Any]:
     from duplexd.asr import create_asr
     from duplexd.config import AsrConfig
-    from duplexd.testing.speech import word_error_rate
+    from duplexd.devkit.speech import word_error_rate
 
     cfg = AsrConfig()
     ctx.current.step(f"loading {model}")

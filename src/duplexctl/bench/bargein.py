@@ -18,7 +18,7 @@ from duplexctl.bench._orchestrated import is_kind, orchestrator
 from duplexctl.bench.context import BenchContext
 from duplexctl.bench.stats import summary
 from duplexctl.client.ws import LiveConversation, VoiceClient
-from duplexd.testing.speech import concat, silence, speech
+from duplexd.devkit.speech import concat, silence, speech
 
 __all__ = ["rows", "run", "targets", "title"]
 

@@ -1,7 +1,7 @@
 """What a suite gets: the worker (started on demand), in-process engines, the scale, progress.
 
 The embedded worker is started the first time a suite asks for it, with
-`duplexd.testing.procs.start_daemon` in the run's temporary folder, and stopped when the run
+`duplexd.devkit.procs.start_daemon` in the run's temporary folder, and stopped when the run
 ends; with ``--worker ADDR`` the bench only talks to that worker. In-process engines (the
 reference the worker's figures are compared with) are loaded once per run, with the same
 thread count a worker uses (``worker.engine_threads``), and closed at the end.
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from duplexd.config import WorkerConfig, load_config, repo_root
+from duplexd.devkit.procs import DaemonProc, start_daemon
 from duplexd.errors import DuplexError
-from duplexd.testing.procs import DaemonProc, start_daemon
-from duplexd.tts.client import TTSClient
+from duplexd.rpc.client import TTSClient
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

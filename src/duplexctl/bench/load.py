@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from duplexctl.bench import Row, Target
 from duplexctl.bench.stats import summary
 from duplexd.errors import DuplexError
-from duplexd.tts.client import TTSClient
+from duplexd.rpc.client import TTSClient
 
 if TYPE_CHECKING:
     from duplexctl.bench.context import BenchContext

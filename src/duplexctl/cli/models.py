@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from duplexctl.client.fleet import WorkerTarget
     from duplexd.rpc import tts_pb2 as pb
+    from duplexd.rpc.client import TTSClient
     from duplexd.tts.catalog import Catalog, ModelMeta
-    from duplexd.tts.client import TTSClient
     from duplexd.tts.pull import PullProgress, PullResult
 
 __all__ = ["app"]

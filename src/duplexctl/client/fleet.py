@@ -21,7 +21,7 @@ from duplexctl.supervise.state import StateStore
 from duplexd.errors import DaemonUnavailable, InvalidArgument
 
 if TYPE_CHECKING:
-    from duplexd.tts.client import TTSClient
+    from duplexd.rpc.client import TTSClient
 
 __all__ = [
     "DEFAULT_WORKER",
@@ -113,7 +113,7 @@ def resolve_workers(
 @asynccontextmanager
 async def connect(target: WorkerTarget, *, timeout_s: float = 3.0) -> AsyncIterator[TTSClient]:
     """A client whose worker has answered a GetCapabilities; unreachable → DaemonUnavailable."""
-    from duplexd.tts.client import TTSClient  # grpc only when a command runs
+    from duplexd.rpc.client import TTSClient  # grpc only when a command runs
 
     client = TTSClient(target.addr, api_key=api_key())
     try:

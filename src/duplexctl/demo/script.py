@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from duplexctl.client.ws import LiveConversation
-from duplexd.testing.speech import speech
+from duplexd.devkit.speech import speech
 
 __all__ = ["USER_VOICE", "UserLine", "demo_script", "lines"]
 

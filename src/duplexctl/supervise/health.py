@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from duplexd.errors import DaemonUnavailable, DuplexError
 
 if TYPE_CHECKING:
-    from duplexd.tts.client import TTSClient
+    from duplexd.rpc.client import TTSClient
 
 __all__ = ["Pinger"]
 
@@ -71,7 +71,7 @@ class Pinger:
         return (time.perf_counter() - started) * 1000
 
     def _worker_client(self, addr: str) -> TTSClient:
-        from duplexd.tts.client import TTSClient
+        from duplexd.rpc.client import TTSClient
 
         if addr not in self._grpc:
             self._grpc[addr] = TTSClient(addr, api_key=self.api_key, timeout_s=self.timeout_s)

@@ -27,7 +27,7 @@ from duplexd.rpc import tts_pb2 as pb
 if TYPE_CHECKING:
     import httpx
 
-    from duplexd.tts.client import TTSClient
+    from duplexd.rpc.client import TTSClient
 
 __all__ = [
     "STAGES",
@@ -246,7 +246,7 @@ class Poller:
     def client(self, addr: str) -> TTSClient:
         """The (reused) channel to a worker, also for the dashboard's model actions."""
         if addr not in self._clients:
-            from duplexd.tts.client import TTSClient
+            from duplexd.rpc.client import TTSClient
 
             self._clients[addr] = TTSClient(addr, api_key=self.api_key, timeout_s=self.timeout_s)
         return self._clients[addr]

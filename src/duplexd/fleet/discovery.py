@@ -38,7 +38,7 @@ from duplexd.fleet.keys import (
 )
 from duplexd.logging import get_logger
 from duplexd.orchestrator.registry import StaticRegistry, WorkerHandle
-from duplexd.tts.client import TTSClient
+from duplexd.rpc.client import TTSClient
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -19,7 +19,7 @@ from duplexd.config import WorkerEndpoint
 from duplexd.errors import DuplexError
 from duplexd.logging import get_logger
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.tts.client import TTSClient
+from duplexd.rpc.client import TTSClient
 
 __all__ = ["StaticRegistry", "WorkerHandle"]
 

@@ -18,7 +18,7 @@ from duplexd.audio.pcm import rms
 from duplexd.errors import DuplexError
 from duplexd.orchestrator.llm import Message, Responder
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.tts.client import TTSClient
+from duplexd.rpc.client import TTSClient
 
 __all__ = ["Reply", "ReplyTimes", "TtsBinding"]
 
@@ -119,7 +119,7 @@ class Reply:
         except Exception as exc:  # grpc errors: mapped for the session to report
             from grpc import aio
 
-            from duplexd.tts.client import error_from_rpc
+            from duplexd.rpc.client import error_from_rpc
 
             self.error = (
                 error_from_rpc(exc, self.tts.client.addr)

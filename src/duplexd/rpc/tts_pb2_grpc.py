@@ -5,7 +5,7 @@ import warnings
 
 from duplexd.rpc import tts_pb2 as duplexd_dot_rpc_dot_tts__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -19,7 +19,7 @@ Each load resolves its device first (`device_of`, off the event loop: it may imp
 the memory pre-check, the estimates and ListModels speak of the device the model really uses.
 
 The loader, the clocks, the memory probe and the thread hop are injected, so the unit tests run
-the real scheduling logic in milliseconds (see `duplexd.testing.models`).
+the real scheduling logic in milliseconds (see `duplexd.devkit.models`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ answers with the command above.
 The model folder is the upstream release (`parler-tts/parler-tts-mini-v1`): ``config.json``,
 ``model.safetensors``, ``generation_config.json``, ``preprocessor_config.json`` and the T5
 tokenizer files. It loads through `ParlerTTSForConditionalGeneration.from_pretrained` and
-`AutoTokenizer`, so a real checkpoint and the tiny test model (`duplexd testing tiny-model
+`AutoTokenizer`, so a real checkpoint and the tiny test model (`duplexd devkit tiny-model
 parler`, run in the engine environment) take the same path.
 
 Voices: Parler has no speakers, it is conditioned on a text *description* of the voice. A voice

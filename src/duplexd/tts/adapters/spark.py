@@ -3,7 +3,7 @@
 The model folder is the upstream release (`SparkAudio/Spark-TTS-0.5B` on Hugging Face, which
 `duplexctl models pull spark-tts-0.5b` fetches): ``config.yaml``, ``LLM/``, ``BiCodec/`` and
 ``wav2vec2-large-xlsr-53/``. It loads through spark-tts-lib's own `SparkTTS`, so a real
-checkpoint and the tiny test model (`duplexd testing tiny-model spark`) take the same path.
+checkpoint and the tiny test model (`duplexd devkit tiny-model spark`) take the same path.
 
 How Spark speaks: the LM reads the text and a voice prompt and samples *semantic* tokens (50 per
 second of speech); BiCodec turns them, together with 32 *global* tokens that fix the speaker,

@@ -3,7 +3,7 @@
 The model folder is the upstream release (`coqui/XTTS-v2` on Hugging Face, which
 `duplexctl models pull xtts-v2-en` fetches): ``config.json``, ``model.pth``, ``vocab.json``
 and ``speakers_xtts.pth``. It loads through coqui's own `Xtts.load_checkpoint`, so a real
-checkpoint and the tiny test model (`duplexd testing tiny-model xtts`) take the same path.
+checkpoint and the tiny test model (`duplexd devkit tiny-model xtts`) take the same path.
 
 Voices come in two kinds, and every API accepts both by name:
 

@@ -102,7 +102,7 @@ def build_lora(out: Path, base: Path | None, seed: int) -> Path:
     if base is None:
         raise InvalidArgument(
             "csm-lora needs --base: the base model folder the adapter is trained for",
-            hint="build one with `duplexd testing tiny-model csm`",
+            hint="build one with `duplexd devkit tiny-model csm`",
         )
     if not (base / "config.json").is_file():
         raise InvalidArgument(f"{base} is not a CSM model folder (no config.json)")

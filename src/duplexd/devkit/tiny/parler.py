@@ -3,7 +3,7 @@
 Runs in the Parler engine environment (`bash scripts/engine-env.sh parler`: parler-tts 0.2.3
 pins transformers 4.46.1, which the main environment cannot take):
 
-    .venvs/parler/bin/duplexd testing tiny-model parler --out $DUPLEX_MODELS_DIR/parler-tts-mini-v1
+    .venvs/parler/bin/duplexd devkit tiny-model parler --out $DUPLEX_MODELS_DIR/parler-tts-mini-v1
 
 The folder holds what `parler-tts/parler-tts-mini-v1` ships, so the worker loads it through the
 same `ParlerTTSForConditionalGeneration.from_pretrained` + `AutoTokenizer` path as real weights:

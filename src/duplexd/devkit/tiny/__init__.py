@@ -4,9 +4,9 @@ No weights can be downloaded on our CI machines, so tests (and anyone without a 
 tiny model of the real architecture with the real library and write it exactly where and how a
 pulled checkpoint would lie. The worker then loads it through the same code as real weights.
 
-    duplexd testing tiny-model xtts --out $DUPLEX_MODELS_DIR/xtts-v2-en
-    duplexd testing tiny-model csm --out $DUPLEX_MODELS_DIR/sesame-csm-1b
-    duplexd testing tiny-model csm-lora --base $DUPLEX_MODELS_DIR/sesame-csm-1b \
+    duplexd devkit tiny-model xtts --out $DUPLEX_MODELS_DIR/xtts-v2-en
+    duplexd devkit tiny-model csm --out $DUPLEX_MODELS_DIR/sesame-csm-1b
+    duplexd devkit tiny-model csm-lora --base $DUPLEX_MODELS_DIR/sesame-csm-1b \
         --out $DUPLEX_MODELS_DIR/sesame-unsloth-lora01
 
 Each builder needs its family's extra (``duplex[xtts]``, ``duplex[csm]``).
@@ -25,11 +25,11 @@ __all__ = ["BUILDERS", "build_tiny_model"]
 # kind -> "module:function"; the function takes (out: Path, base: Path | None, seed: int) and
 # returns the folder it wrote. Imported lazily: each pulls in torch.
 BUILDERS: dict[str, str] = {
-    "xtts": "duplexd.testing.tiny.xtts:build",
-    "csm": "duplexd.testing.tiny.csm:build_base",
-    "csm-lora": "duplexd.testing.tiny.csm:build_lora",
-    "spark": "duplexd.testing.tiny.spark:build",
-    "parler": "duplexd.testing.tiny.parler:build",
+    "xtts": "duplexd.devkit.tiny.xtts:build",
+    "csm": "duplexd.devkit.tiny.csm:build_base",
+    "csm-lora": "duplexd.devkit.tiny.csm:build_lora",
+    "spark": "duplexd.devkit.tiny.spark:build",
+    "parler": "duplexd.devkit.tiny.parler:build",
 }
 
 # the catalog id each kind is written for by default (under $DUPLEX_MODELS_DIR)
