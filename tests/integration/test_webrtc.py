@@ -555,12 +555,14 @@ async def test_whip_answers_501_when_webrtc_is_off_or_missing(
 
     from duplexd.config import OrchestratorConfig, TransportConfig
     from duplexd.orchestrator.registry import StaticRegistry
+    from duplexd.orchestrator.routing import RoutingPolicy
     from duplexd.orchestrator.server import OrchestratorServer
     from duplexd.orchestrator.session import SessionDeps
     from duplexd.orchestrator.telemetry import OrchTelemetry
 
     def server(config: OrchestratorConfig) -> OrchestratorServer:
-        deps = SessionDeps(config, None, StaticRegistry([]), None, OrchTelemetry())  # type: ignore[arg-type]
+        policy = RoutingPolicy()
+        deps = SessionDeps.production(config, None, StaticRegistry([]), policy, OrchTelemetry())  # type: ignore[arg-type]
         return OrchestratorServer(deps)
 
     off = server(OrchestratorConfig(transport=TransportConfig(webrtc=False)))

@@ -2,8 +2,8 @@
 
 - `duplexd.fleet.announce`: the worker side (announcement JSON, heartbeat with expiry, model
   events published at once).
-- `duplexd.fleet.discovery`: the orchestrator side (`RedisRegistry`, a `StaticRegistry` whose
-  worker list follows Redis and survives Redis outages), plus `read_announcements` for tools.
+- `duplexd.fleet.discovery`: the orchestrator side (`RedisRegistry`, an orchestrator `Registry`
+  whose worker list follows Redis and survives Redis outages), plus `read_announcements`.
 - `duplexd.fleet.keys`: key and channel names, URL handling.
 
 Nothing here is needed for the embedded default: without ``redis.url`` the static registry from

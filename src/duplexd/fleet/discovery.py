@@ -1,7 +1,8 @@
 """The orchestrator side of the registry: a worker list that follows Redis.
 
-`RedisRegistry` is a `StaticRegistry` (same `workers`, `healthy()`, `mark_unhealthy()`,
-`start()`, `aclose()`, `changed`), so sessions and routing do not know which one they use:
+`RedisRegistry` is a `Registry` (the orchestrator's protocol: `workers`, `healthy()`,
+`mark_unhealthy()`, `start()`, `aclose()`, `changed`) around a `WorkerPool` that polls its
+handles, so sessions and routing do not know which one they use:
 
 - the static workers from config stay in it (never removed, as in the embedded default);
 - a worker announced in Redis is added the moment it is seen (``up`` on ``duplex:events``, or
@@ -37,8 +38,8 @@ from duplexd.fleet.keys import (
     worker_pattern,
 )
 from duplexd.logging import get_logger
-from duplexd.orchestrator.registry import StaticRegistry, WorkerHandle
-from duplexd.rpc.client import TTSClient
+from duplexd.orchestrator.deps import TtsApi
+from duplexd.orchestrator.registry import ClientFactory, WorkerHandle, WorkerPool
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -101,7 +102,7 @@ async def read_announcements(url: str, *, timeout_s: float = 2.0) -> list[dict[s
     return sorted(out, key=lambda e: str(e["name"]))
 
 
-class RedisRegistry(StaticRegistry):
+class RedisRegistry:
     """Static workers from config plus every worker announced in Redis (see module doc)."""
 
     def __init__(
@@ -111,14 +112,16 @@ class RedisRegistry(StaticRegistry):
         *,
         api_key: str | None = None,
         period_s: float = 1.0,
+        clients: ClientFactory | None = None,
     ) -> None:
-        super().__init__(endpoints, api_key=api_key, period_s=period_s)
+        self.pool = WorkerPool(endpoints, api_key=api_key, period_s=period_s, clients=clients)
+        self.workers = self.pool.workers
+        self.changed = self.pool.changed
         if not redis.url:
             raise ConfigError("RedisRegistry needs redis.url")
         self.url = redis.url
         self.config = redis
         self.connected = False
-        self._api_key = api_key
         self._connected_since = 0.0  # monotonic; grace for entries after a (re)connect
         self._missing: dict[str, float] = {}  # redis workers absent from the last scans
         self._run_id: str | None = None  # the Redis server's run id: a change = a restart
@@ -127,8 +130,14 @@ class RedisRegistry(StaticRegistry):
         self._first_attempt = asyncio.Event()
         self._fatal: Exception | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._retired: list[TTSClient] = []
+        self._retired: list[TtsApi] = []
         self._backoff = _BACKOFF_MIN_S
+
+    def healthy(self) -> list[WorkerHandle]:
+        return self.pool.healthy()
+
+    def mark_unhealthy(self, name: str, reason: str) -> None:
+        self.pool.mark_unhealthy(name, reason)
 
     @property
     def where(self) -> str:
@@ -138,7 +147,7 @@ class RedisRegistry(StaticRegistry):
 
     async def start(self) -> None:
         """Poll the static workers, then read Redis once (briefly) before the first caller."""
-        await super().start()
+        await self.pool.start()
         self._watch_task = asyncio.create_task(self._watch(), name="registry-redis")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
@@ -157,7 +166,7 @@ class RedisRegistry(StaticRegistry):
         for client in self._retired:
             await client.aclose()
         self._retired.clear()
-        await super().aclose()
+        await self.pool.aclose()
 
     # -- the watch loop --------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ class RedisRegistry(StaticRegistry):
             if self._run_id is not None or now - since >= grace:  # no run id: wait a grace too
                 self._remove(name, "its registry entry expired (no heartbeat)")
         if fresh:  # poll newcomers now, so the next session can already be routed to them
-            await asyncio.gather(*(self._refresh_one(h) for h in fresh))
+            await asyncio.gather(*(self.pool.refresh_one(h) for h in fresh))
 
     async def _check_restart(self, client: Redis) -> None:
         """A Redis restarted behind a live connection starts empty: treat it as a reconnect."""
@@ -298,7 +307,7 @@ class RedisRegistry(StaticRegistry):
             self._spawn(self._refresh_and_signal(handle))
 
     async def _refresh_and_signal(self, handle: WorkerHandle) -> None:
-        await self._refresh_one(handle)
+        await self.pool.refresh_one(handle)
         self.changed.set()
 
     # -- the worker list -------------------------------------------------------------------
@@ -320,7 +329,7 @@ class RedisRegistry(StaticRegistry):
         if handle is not None:
             handle.announcement = entry
             return None
-        client = TTSClient(addr, api_key=self._api_key, timeout_s=5)
+        client = self.pool.clients(addr)
         handle = WorkerHandle(name, addr, client, source="redis", announcement=entry)
         self.workers[name] = handle
         self._missing.pop(name, None)
@@ -341,7 +350,7 @@ class RedisRegistry(StaticRegistry):
         self._retired.append(handle.client)
         self._spawn(self._close_later(handle.client))
 
-    async def _close_later(self, client: TTSClient) -> None:
+    async def _close_later(self, client: TtsApi) -> None:
         await asyncio.sleep(_RETIRED_CLOSE_S)
         if client in self._retired:
             self._retired.remove(client)

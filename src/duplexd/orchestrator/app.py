@@ -14,7 +14,7 @@ from duplexd.asr import create_asr
 from duplexd.auth import ensure_safe_bind
 from duplexd.config import OrchestratorConfig, resolve_path
 from duplexd.logging import get_logger
-from duplexd.orchestrator.registry import StaticRegistry
+from duplexd.orchestrator.registry import Registry, StaticRegistry
 from duplexd.orchestrator.routing import RoutingPolicy
 from duplexd.orchestrator.server import OrchestratorServer
 from duplexd.orchestrator.session import SessionDeps
@@ -43,7 +43,7 @@ async def run_orchestrator(
     )  # fmt: skip
     registry = _registry(cfg)
     await registry.start()
-    server = OrchestratorServer(SessionDeps(cfg, asr, registry, policy, OrchTelemetry()))
+    server = OrchestratorServer(SessionDeps.production(cfg, asr, registry, policy, OrchTelemetry()))
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
@@ -64,7 +64,7 @@ async def run_orchestrator(
     log.info("orchestrator stopped")
 
 
-def _registry(cfg: OrchestratorConfig) -> StaticRegistry:
+def _registry(cfg: OrchestratorConfig) -> Registry:
     """The static workers from config, plus the Redis registry when redis.url is set.
 
     With Redis, the built-in default worker list (127.0.0.1:7001) is dropped unless workers

@@ -1,10 +1,12 @@
 """What the orchestrator knows about its workers: address, health, models, load figures.
 
-The static registry (the embedded default) polls each configured worker's GetCapabilities and
-ListModels about once a second; a worker that does not answer is marked unhealthy and routed
-around until it answers again. `duplexd.fleet.discovery.RedisRegistry` extends it: its worker
-list also follows the Redis registry (`source="redis"` handles come and go with the workers'
-announcements), while the polling stays the same.
+`Registry` is the seam sessions, routing and the HTTP routes see. `WorkerPool` is the part every
+registry shares: handles polled for GetCapabilities and ListModels about once a second; a
+worker that does not answer is marked unhealthy and routed around until it answers again.
+
+- `StaticRegistry` (the embedded default): a pool of the configured workers.
+- `duplexd.fleet.discovery.RedisRegistry`: a pool whose handles also come and go with the
+  workers' Redis announcements (`source="redis"`); the daemon's app module wires it in.
 """
 
 from __future__ import annotations
@@ -12,16 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from duplexd.config import WorkerEndpoint
 from duplexd.errors import DuplexError
 from duplexd.logging import get_logger
+from duplexd.orchestrator.deps import TtsApi
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.rpc.client import TTSClient
 
-__all__ = ["StaticRegistry", "WorkerHandle"]
+__all__ = ["ClientFactory", "Registry", "StaticRegistry", "WorkerHandle", "WorkerPool"]
+
+ClientFactory = Callable[[str], TtsApi]
+"""addr -> a client of that worker (gRPC in production: `grpc_clients`)."""
+
+
+def grpc_clients(api_key: str | None) -> ClientFactory:
+    from duplexd.rpc.client import TTSClient
+
+    return lambda addr: TTSClient(addr, api_key=api_key, timeout_s=5)
+
 
 log = get_logger("duplexd.orchestrator.registry")
 
@@ -30,7 +43,7 @@ log = get_logger("duplexd.orchestrator.registry")
 class WorkerHandle:
     name: str
     addr: str
-    client: TTSClient
+    client: TtsApi
     healthy: bool = False
     caps: pb.GetCapResp | None = None
     models: list[pb.ModelInfo] = field(default_factory=list)
@@ -73,15 +86,35 @@ class WorkerHandle:
         }
 
 
-class StaticRegistry:
-    """Workers from config; health and models refreshed by polling."""
+class Registry(Protocol):
+    """The workers a session may be routed to (owned by the orchestrator)."""
+
+    workers: dict[str, WorkerHandle]
+    changed: asyncio.Event  # set when a worker joins, leaves or changes health
+
+    def healthy(self) -> list[WorkerHandle]: ...
+
+    def mark_unhealthy(self, name: str, reason: str) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class WorkerPool:
+    """Worker handles, their health and models refreshed by polling; a `Registry`."""
 
     def __init__(
-        self, endpoints: list[WorkerEndpoint], *, api_key: str | None = None, period_s: float = 1.0
+        self,
+        endpoints: list[WorkerEndpoint],
+        *,
+        api_key: str | None = None,
+        period_s: float = 1.0,
+        clients: ClientFactory | None = None,
     ) -> None:
+        self.clients = clients or grpc_clients(api_key)
         self.workers: dict[str, WorkerHandle] = {
-            e.name: WorkerHandle(e.name, e.addr, TTSClient(e.addr, api_key=api_key, timeout_s=5))
-            for e in endpoints
+            e.name: WorkerHandle(e.name, e.addr, self.clients(e.addr)) for e in endpoints
         }
         self.period_s = period_s
         self._task: asyncio.Task[None] | None = None
@@ -111,9 +144,9 @@ class StaticRegistry:
             self.changed.set()
 
     async def refresh(self) -> None:
-        await asyncio.gather(*(self._refresh_one(w) for w in self.workers.values()))
+        await asyncio.gather(*(self.refresh_one(w) for w in self.workers.values()))
 
-    async def _refresh_one(self, worker: WorkerHandle) -> None:
+    async def refresh_one(self, worker: WorkerHandle) -> None:
         try:
             caps = await worker.client.capabilities(timeout=1.0)
             models = await worker.client.list_models()
@@ -133,3 +166,7 @@ class StaticRegistry:
         while True:
             await asyncio.sleep(self.period_s)
             await self.refresh()
+
+
+class StaticRegistry(WorkerPool):
+    """The configured workers (config `workers`, `--worker`): the embedded default."""

@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 
 from duplexd.audio.pcm import rms
 from duplexd.errors import DuplexError
+from duplexd.orchestrator.deps import Clock, TtsApi
 from duplexd.orchestrator.llm import Message, Responder
 from duplexd.rpc import tts_pb2 as pb
-from duplexd.rpc.client import TTSClient
 
-__all__ = ["Reply", "ReplyTimes", "TtsBinding"]
+__all__ = ["STOP_DEADLINE_S", "Reply", "ReplyTimes", "TtsBinding"]
+
+STOP_DEADLINE_S = 0.5
+"""A STOP the worker has not answered by then is given up on: the stream is cancelled anyway
+(a cancelled Synthesize stops the worker's utterance too), so a hard stop never waits out the
+client's 5 s deadline on a stuck worker."""
 
 
 @dataclass
@@ -28,7 +33,7 @@ class TtsBinding:
     """The session's lease on a worker: its TTS session and model."""
 
     worker: str
-    client: TTSClient
+    client: TtsApi
     session_id: str
     model_id: str
     fallback: bool = False
@@ -51,6 +56,7 @@ class Reply:
     on_audio: Callable[[bytes, bool, float], None]  # (pcm, is_last, level) -> client
     on_unit: Callable[[str], None]  # a unit starts playing: its text
     on_first_audio: Callable[[], None]
+    clock: Clock = time.perf_counter
     times: ReplyTimes = field(default_factory=ReplyTimes)
     heard: list[str] = field(default_factory=list)
     muted: bool = False
@@ -62,7 +68,7 @@ class Reply:
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.times.started = time.perf_counter()
+        self.times.started = self.clock()
         self._feed_open.set()
         self._task = asyncio.create_task(self._run(), name=f"reply-{self.turn}")
 
@@ -93,10 +99,13 @@ class Reply:
         await self.tts.client.control(self.tts.session_id, pb.RESUME)
 
     async def stop(self) -> None:
-        """End the reply: STOP the worker's utterance and cancel the responder."""
+        """End the reply: STOP the worker's utterance and cancel the responder.
+
+        Hard: the STOP waits at most `STOP_DEADLINE_S`, then the stream is cancelled anyway."""
         self.muted = True
+        self._feed_open.clear()
         with contextlib.suppress(DuplexError):
-            await self.tts.client.control(self.tts.session_id, pb.STOP)
+            await self.tts.client.control(self.tts.session_id, pb.STOP, deadline_s=STOP_DEADLINE_S)
         await self.cancel()
 
     async def cancel(self) -> None:
@@ -108,7 +117,7 @@ class Reply:
     # -- the pipeline ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        call = self.tts.client.synthesize_call(self._requests())
+        call = self.tts.client.open_stream(self._requests())
         self._call = call
         try:
             async for frame in call:
@@ -116,27 +125,19 @@ class Reply:
         except asyncio.CancelledError:
             call.cancel()
             raise
-        except Exception as exc:  # grpc errors: mapped for the session to report
-            from grpc import aio
-
-            from duplexd.rpc.client import error_from_rpc
-
-            self.error = (
-                error_from_rpc(exc, self.tts.client.addr)
-                if isinstance(exc, aio.AioRpcError)
-                else exc
-                if isinstance(exc, DuplexError)
-                else DuplexError(str(exc))
-            )
+        except DuplexError as exc:  # the worker's status, for the session to report
+            self.error = exc
+        except Exception as exc:
+            self.error = DuplexError(str(exc))
         finally:
-            self.times.ended = time.perf_counter()
+            self.times.ended = self.clock()
 
     async def _requests(self) -> AsyncIterator[pb.TextChunk]:
         sid = self.tts.session_id
         try:
             async for piece in self.responder.respond(self.history):
                 if self.times.first_text is None:
-                    self.times.first_text = time.perf_counter()
+                    self.times.first_text = self.clock()
                 await self._feed_open.wait()  # barge-in: the LLM is not read any further
                 yield pb.TextChunk(session_id=sid, text=piece)
         except DuplexError as exc:
@@ -144,7 +145,7 @@ class Reply:
         yield pb.TextChunk(session_id=sid, is_final=True)
 
     def _on_frame(self, frame: pb.AudioFrame) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self.muted:
             self.frames_after_mute += 1
             self.last_frame_after_mute = now

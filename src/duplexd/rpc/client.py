@@ -17,7 +17,7 @@ from duplexd import errors
 from duplexd.rpc import tts_pb2 as pb
 from duplexd.rpc import tts_pb2_grpc as pb_grpc
 
-__all__ = ["TTSClient", "error_from_rpc", "text_stream"]
+__all__ = ["SynthesisCall", "TTSClient", "error_from_rpc", "text_stream"]
 
 _BY_STATUS: dict[grpc.StatusCode, type[errors.DuplexError]] = {
     grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
@@ -101,6 +101,12 @@ class TTSClient:
         # the stub is typed for sync iterables only; grpc.aio accepts async ones too
         return self.stub.Synthesize(chunks, metadata=self._metadata)  # type: ignore[arg-type]
 
+    def open_stream(
+        self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
+    ) -> SynthesisCall:
+        """A Synthesize call whose errors arrive as DuplexError (with the worker's status)."""
+        return SynthesisCall(self.synthesize_call(chunks), self.addr)
+
     async def synthesize(
         self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
     ) -> AsyncIterator[pb.AudioFrame]:
@@ -118,10 +124,12 @@ class TTSClient:
         async for frame in self.synthesize(text_stream(session_id, [text])):
             yield frame
 
-    async def control(self, session_id: str, command: int) -> pb.ControlResp:
+    async def control(
+        self, session_id: str, command: int, *, deadline_s: float | None = None
+    ) -> pb.ControlResp:
         # the stubs type `command` as the Command enum's value type; callers pass pb.PAUSE …
         req = pb.ControlReq(session_id=session_id, command=command)  # type: ignore[arg-type]
-        return cast(pb.ControlResp, await self._call(self.stub.Control, req))
+        return cast(pb.ControlResp, await self._call(self.stub.Control, req, deadline_s))
 
     async def end_session(self, session_id: str) -> pb.EndSessionResp:
         return cast(
@@ -152,6 +160,27 @@ class TTSClient:
         return cast(
             pb.GetCapResp, await self._call(self.stub.GetCapabilities, pb.GetCapReq(), timeout)
         )
+
+
+class SynthesisCall:
+    """One bidi Synthesize call as an async iterator of frames; gRPC errors become DuplexError."""
+
+    def __init__(self, call: aio.StreamStreamCall[pb.TextChunk, pb.AudioFrame], addr: str) -> None:
+        self.call = call
+        self.addr = addr
+
+    def __aiter__(self) -> AsyncIterator[pb.AudioFrame]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[pb.AudioFrame]:
+        try:
+            async for frame in self.call:
+                yield frame
+        except aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.addr) from None
+
+    def cancel(self) -> bool:
+        return self.call.cancel()
 
 
 async def text_stream(

@@ -1,0 +1,231 @@
+"""A Session in-process, behind its seams: scripted VAD/ASR, a fake worker, a recording transport.
+
+Each case runs in milliseconds of real time: stream time advances with the frames we feed, the
+fake worker streams 20 ms frames every 2 ms, and the false-interruption window is 30 ms. The
+same behaviour over real processes (gRPC worker, Silero, Whisper) is in the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from duplexd.config import OrchestratorConfig, TurnConfig, WorkerEndpoint
+from duplexd.devkit.fakes import FakeTranscriber, FakeTTS, FakeVAD, RecordingTransport
+from duplexd.orchestrator.deps import SessionDeps
+from duplexd.orchestrator.llm import BuiltinResponder
+from duplexd.orchestrator.protocol import Hello
+from duplexd.orchestrator.registry import StaticRegistry
+from duplexd.orchestrator.routing import RoutingPolicy
+from duplexd.orchestrator.session import Session
+from duplexd.orchestrator.telemetry import OrchTelemetry
+from duplexd.orchestrator.transport import Outbox
+from duplexd.orchestrator.turn import State
+
+pytestmark = [pytest.mark.timeout(10), pytest.mark.asyncio]
+
+FRAME = np.zeros(320, dtype="<i2").tobytes()  # 20 ms of 16 kHz mic audio
+LOUD = np.full(320, 6000, dtype="<i2").tobytes()
+
+
+@dataclass
+class Rig:
+    session: Session
+    vad: FakeVAD
+    asr: FakeTranscriber
+    workers: list[FakeTTS]
+    transport: RecordingTransport
+    outbox: Outbox
+
+    def feed(self, ms: int, pcm: bytes = FRAME) -> None:
+        for _ in range(ms // 20):
+            self.session.on_audio(pcm)
+
+    def feed_until(self, pred: Callable[[], bool], limit_ms: int = 2000) -> None:
+        for _ in range(limit_ms // 20):
+            if pred():
+                return
+            self.session.on_audio(FRAME)
+        raise AssertionError("condition not reached")
+
+    @property
+    def now_ms(self) -> int:
+        return self.session.listener.stream_ms
+
+    async def settle(self) -> None:
+        """Let the outbox deliver what is queued."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def until(self, pred: Callable[[], bool], timeout_s: float = 3.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not pred():
+                await asyncio.sleep(0.001)
+
+    def events(self, kind: str) -> list[dict[str, object]]:
+        return self.transport.of(kind)
+
+
+Make = Callable[..., Awaitable["Rig"]]
+
+
+@pytest_asyncio.fixture
+async def rig_factory() -> AsyncIterator[Make]:
+    made: list[Rig] = []
+
+    async def make(
+        *,
+        texts: tuple[str, ...] = (),
+        workers: int = 1,
+        aec: bool = True,
+        frames_per_unit: int = 5,
+        end_of_turn_ms: int = 100,
+    ) -> Rig:
+        fakes = [FakeTTS(f"w{i}", frames_per_unit=frames_per_unit) for i in range(workers)]
+        config = OrchestratorConfig(
+            turn=TurnConfig(end_of_turn_silence_ms=end_of_turn_ms, false_interruption_ms=30),
+            workers=[WorkerEndpoint(name=f.name, addr=f.addr) for f in fakes],
+        )
+        by_addr = {f.addr: f for f in fakes}
+        registry = StaticRegistry(config.workers, clients=by_addr.__getitem__)
+        await registry.refresh()
+        vad, asr = FakeVAD(), FakeTranscriber(texts)
+        deps = SessionDeps(
+            config=config, registry=registry, policy=RoutingPolicy(), telemetry=OrchTelemetry(),
+            vad=lambda: vad, transcriber=lambda: asr, responder=lambda hello: BuiltinResponder(),
+        )  # fmt: skip
+        transport = RecordingTransport()
+        outbox = Outbox(transport)
+        outbox.start()
+        session = Session(deps, Hello(type="hello", aec=aec), outbox)
+        await session.start()
+        rig = Rig(session, vad, asr, fakes, transport, outbox)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.session.aclose()
+        await rig.outbox.aclose()
+
+
+async def speaking_rig(make: Make, **kw: object) -> Rig:
+    """A rig whose bot is audibly replying to a typed turn."""
+    rig = await make(**kw)
+    rig.session.on_text("tell me something")
+    await rig.until(lambda: rig.session.state == State.SPEAKING)
+    return rig
+
+
+async def test_barge_in_pauses_and_flushes_in_the_onsets_loop_turn(rig_factory: Make) -> None:
+    rig = await speaking_rig(rig_factory)
+    tts = rig.workers[0]
+    rig.vad.speak(rig.now_ms, rig.now_ms + 400)
+    rig.feed_until(lambda: rig.session.state == State.BARGED_IN)
+    # Same loop turn as the onset: muted, client audio flushed (the flush event is queued
+    # ahead of anything else), the PAUSE call scheduled.
+    reply = rig.session.reply
+    assert reply is not None and reply.muted
+    assert rig.outbox._audio_count == 0
+    assert not tts.commands()
+    await asyncio.sleep(0)  # the very next loop step: the PAUSE reaches the worker
+    assert tts.commands() == ["PAUSE"]
+    await rig.settle()
+    assert rig.events("flush")
+    sent_at_flush = len(rig.transport.audio)
+    await asyncio.sleep(0.02)
+    assert len(rig.transport.audio) == sent_at_flush  # not one more frame to the client
+
+
+async def test_false_interruption_resumes(rig_factory: Make) -> None:
+    rig = await speaking_rig(rig_factory, texts=("",))  # a cough: no words
+    tts = rig.workers[0]
+    rig.vad.speak(rig.now_ms, rig.now_ms + 60)
+    rig.feed_until(lambda: rig.session.state == State.BARGED_IN)
+    rig.feed(200)  # the cough ends; silence ends the "turn" with no words
+    await rig.until(lambda: "RESUME" in tts.commands())
+    assert tts.commands() == ["PAUSE", "RESUME"]
+    assert rig.session.state == State.SPEAKING
+    await rig.settle()
+    assert rig.events("resume") and not rig.events("interrupted")
+    before = len(rig.transport.audio)
+    await rig.until(lambda: len(rig.transport.audio) > before)  # the reply goes on
+
+
+async def test_confirmed_barge_in_stops_and_the_user_gets_the_floor(rig_factory: Make) -> None:
+    rig = await speaking_rig(rig_factory, texts=("wait stop please",))
+    tts = rig.workers[0]
+    rig.vad.speak(rig.now_ms, rig.now_ms + 300)  # still talking when the 30 ms window ends
+    rig.feed_until(lambda: rig.session.state == State.BARGED_IN)
+    await rig.until(lambda: "STOP" in tts.commands())
+    assert tts.commands() == ["PAUSE", "STOP"]
+    assert rig.session.state == State.LISTENING
+    rig.feed(500)  # the rest of the user's speech and the silence after it
+    await rig.until(lambda: len(rig.events("turn")) >= 2)
+    await rig.settle()
+    first, second = rig.events("turn")[:2]
+    assert first["interrupted"] is True
+    transcripts = [e["text"] for e in rig.events("transcript") if e["final"]]
+    assert transcripts[-1] == "wait stop please"
+    assert "wait stop please" in str(second["reply_text"])
+
+
+async def test_echo_guarded_onsets_are_ignored(rig_factory: Make) -> None:
+    # No client AEC: the bot's loud voice comes back quietly through the mic.
+    rig = await speaking_rig(rig_factory, aec=False, frames_per_unit=20)
+    tts = rig.workers[0]
+    rig.vad.speak(rig.now_ms, rig.now_ms + 200)
+    rig.feed(200)  # silent mic frames: far below the expected echo of the bot's voice
+    await rig.settle()
+    assert rig.session.state == State.SPEAKING
+    assert tts.commands() == [] and not rig.events("flush")
+    # The same onset, loud enough to be a person over the echo, does barge in.
+    rig.vad.speak(rig.now_ms, rig.now_ms + 200)
+    for _ in range(10):
+        rig.session.on_audio(LOUD)
+    assert rig.session.state == State.BARGED_IN
+
+
+async def test_speculative_final_dropped_when_the_user_speaks_again(rig_factory: Make) -> None:
+    rig = await rig_factory(texts=("book a table for two people",), end_of_turn_ms=200)
+    start = rig.now_ms
+    rig.vad.speak(start, start + 400)
+    rig.vad.speak(start + 520, start + 800)  # a 120 ms pause: speculate, then speak again
+    rig.feed(500)
+    assert rig.asr.calls.count("begin_final") == 1  # the pause started the final decode
+    rig.feed(360)
+    assert "cancel" in rig.asr.calls  # ... and speaking again dropped it
+    assert "commit" not in rig.asr.calls
+    rig.feed(300)  # the real end of the turn
+    await rig.until(lambda: bool(rig.events("turn")))
+    assert rig.asr.calls.count("commit") == 1
+    assert [e["text"] for e in rig.events("transcript") if e["final"]] == [
+        "book a table for two people"
+    ]
+    latency = rig.events("turn")[0]["latency"]
+    assert isinstance(latency, dict) and latency["end_of_speech_ms"] is not None
+
+
+async def test_worker_death_rebinds_at_the_next_turn(rig_factory: Make) -> None:
+    rig = await rig_factory(workers=2)
+    session = rig.session
+    first = session.tts
+    assert first is not None
+    dying = next(w for w in rig.workers if w.name == first.worker)
+    other = next(w for w in rig.workers if w is not dying)
+    dying.die()
+    session.on_text("hello")
+    await rig.until(lambda: bool(rig.events("worker")))
+    await rig.settle()
+    errors = rig.events("error")
+    assert errors and errors[0]["code"] == "unavailable"
+    assert rig.events("worker")[0]["worker"] == other.name
+    session.on_text("are you there")
+    await rig.until(lambda: len(rig.events("turn")) >= 2)
+    assert session.tts is not None and session.tts.worker == other.name
+    assert other.frames_sent > 0
