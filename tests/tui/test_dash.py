@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,7 +211,7 @@ def test_log_filter_words_and_level() -> None:
 
 @pytest.mark.asyncio
 async def test_turn_bars_are_means_between_polls(tmp_path: Path) -> None:
-    from duplexctl.tui.data import _prometheus_samples, _TurnTracker
+    from duplexctl.tui.history import TurnTracker, prometheus_samples
 
     def metrics(count: int, total: float) -> str:
         lines = ["# TYPE duplex_orch_turn_ms histogram"]
@@ -223,17 +222,17 @@ async def test_turn_bars_are_means_between_polls(tmp_path: Path) -> None:
             ]
         return "\n".join(lines) + "\n"
 
-    tracker = _TurnTracker()
-    assert tracker.update(_prometheus_samples(metrics(0, 0)), 1.0) == ()
-    (first,) = tracker.update(_prometheus_samples(metrics(2, 300)), 2.0)
+    tracker = TurnTracker()
+    assert tracker.update(prometheus_samples(metrics(0, 0)), 1.0) == ()
+    (first,) = tracker.update(prometheus_samples(metrics(2, 300)), 2.0)
     assert first.turns == 2 and first.stages_ms == (150.0,) * 4
-    assert tracker.update(_prometheus_samples(metrics(2, 300)), 3.0) == (first,)  # no new turn
-    bars = tracker.update(_prometheus_samples(metrics(3, 400)), 4.0)
+    assert tracker.update(prometheus_samples(metrics(2, 300)), 3.0) == (first,)  # no new turn
+    bars = tracker.update(prometheus_samples(metrics(3, 400)), 4.0)
     assert bars[-1].stages_ms == (100.0,) * 4 and bars[-1].turns == 1
 
 
 def test_workers_sharing_a_name_are_told_apart_by_address() -> None:
-    from duplexctl.tui.data import unique_names
+    from duplexctl.tui.views import unique_names
 
     views = [WorkerView("h1:7001", "tts-worker@0"), WorkerView("h2:7001", "tts-worker@0")]
     views.append(WorkerView("h3:7001", "gpu-box"))
@@ -387,19 +386,27 @@ async def test_daemons_from_the_state_file_dead_one_in_red_with_logs(
 
 @pytest.mark.asyncio
 async def test_nothing_running_offers_to_start(tmp_path: Path) -> None:
-    """The start button runs `duplexctl up --detach` (a stand-in script records the call)."""
-    record = tmp_path / "argv.json"
-    fake = tmp_path / "fake_duplexctl.py"
-    fake.write_text(
-        f"import json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\nprint('started')\n"
-    )
-    control = DaemonControl(state_dir=tmp_path / "state", argv=(sys.executable, str(fake)))
-    app = live_app(tmp_path, control=control)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.query_one("#nothing").display)
-        await pilot.click("#start")
-        await until(pilot, lambda: any("started" in n for n in notices(app)), 10)
-    assert json.loads(record.read_text()) == ["up", "--detach"]
+    """The start button runs what `duplexctl up --detach` runs, in-process; here its port
+    check refuses (the worker's port is taken) and the dashboard says so."""
+    import socket
+
+    from duplexctl.supervise.spec import UpOptions
+    from duplexctl.supervise.state import StateStore
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        options = UpOptions(base_port=port, metrics_base_port=0, orchestrator_port=0)
+        control = DaemonControl(state_dir=tmp_path / "state", options=options)
+        app = live_app(tmp_path, control=control)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.query_one("#nothing").display)
+            await pilot.click("#start")
+            await until(pilot, lambda: any("start failed" in n for n in notices(app)), 10)
+        message = next(n for n in notices(app) if "start failed" in n)
+        assert f"port {port}" in message and "already in use" in message
+    assert StateStore(tmp_path / "state").read() is None  # nothing was started
 
 
 @pytest.fixture(scope="module")

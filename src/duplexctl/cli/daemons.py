@@ -26,6 +26,7 @@ import typer
 from rich.text import Text
 
 from duplexctl.cli._common import console, err_console, fail, table
+from duplexctl.format import duration
 from duplexd.errors import DaemonUnavailable, DuplexError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -144,23 +145,14 @@ def up(
 
 
 def _refuse_if_running(store: StateStore) -> None:
-    """One supervisor per state dir; a dead one's leftovers are cleaned up on the way."""
-    from duplexctl.supervise.control import stop_leftovers
+    from duplexctl.supervise.control import refuse_if_running
 
-    state = store.read()
-    if state is None:
-        return
-    if state.supervisor_alive():
-        fail(
-            DuplexError(
-                f"duplex is already running (supervisor pid {state.supervisor_pid})",
-                hint="`duplexctl status` shows it, `duplexctl down` stops it",
-            )
-        )
-    left = stop_leftovers(state.daemons)
-    if left.stopped:
-        err_console.print(f"stopped leftovers of an earlier run: {', '.join(left.stopped)}")
-    store.clear()
+    try:
+        stopped = refuse_if_running(store)
+    except DuplexError as exc:
+        fail(exc)
+    if stopped:
+        err_console.print(f"stopped leftovers of an earlier run: {', '.join(stopped)}")
 
 
 def _up_detached(store: StateStore, specs: list[DaemonSpec], timeout: float) -> None:
@@ -345,19 +337,10 @@ def _status_row(s: DaemonStatus) -> list[str | Text]:
         str(r.pid) if r.pid and s.state not in ("dead",) else "—",
         r.addr or "—",
         Text(s.state, style=_STATE_STYLES.get(s.state, "red")),
-        _duration(s.uptime_s) if s.uptime_s is not None else "—",
+        duration(s.uptime_s) if s.uptime_s is not None else "—",
         str(r.restarts),
         ping,
     ]
-
-
-def _duration(seconds: float) -> str:
-    """4s, 4m05s, 2h03m, 3d04h: two units at most, like `docker ps`."""
-    s = int(seconds)
-    for size, unit, small, small_size in ((86400, "d", "h", 3600), (3600, "h", "m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}{(s % size) // small_size:02d}{small}"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def logs(
@@ -407,7 +390,7 @@ def _list_logs(store: StateStore, files: dict[str, Path]) -> None:
 
 
 def _ago(mtime: float) -> str:
-    return f"{_duration(max(time.time() - mtime, 0))} ago"
+    return f"{duration(max(time.time() - mtime, 0))} ago"
 
 
 def _print_log(path: Path, follow: bool, lines: int | None) -> None:

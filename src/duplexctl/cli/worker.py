@@ -9,14 +9,12 @@ within a heartbeat. The command prints where it registered once the worker serve
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +23,7 @@ from rich.text import Text
 
 from duplexctl.cli._common import console, err_console, fail
 from duplexd.errors import DaemonUnavailable, InvalidArgument
+from duplexd.launch import Launched, LaunchError, LaunchSpec, launch
 
 __all__ = ["app", "join"]
 
@@ -102,18 +101,18 @@ def join(
         # The URL goes in the environment: a password in it never shows in `ps`.
         env = {**os.environ, "DUPLEX_REDIS_URL": url}
         err_console.print(f"starting worker {name} on {bind}:{port} …", style="dim")
-        proc = subprocess.Popen([*argv, *extra], env=env)
-        code = _serve(proc, ready, name, timeout, loopback=not advertise and _loopback(bind))
+        spec = LaunchSpec("worker", argv=[*argv, *extra], ready_file=ready, env=env,
+                          own_group=False)  # fmt: skip  # Ctrl-C reaches it: it drains
+        code = _serve(launch(spec), name, timeout, loopback=not advertise and _loopback(bind))
     raise typer.Exit(code)
 
 
-def _serve(
-    proc: subprocess.Popen[bytes], ready: Path, name: str, timeout: float, *, loopback: bool
-) -> int:
+def _serve(launched: Launched, name: str, timeout: float, *, loopback: bool) -> int:
     """Wait until it serves, say where it registered, then run until it exits (or we stop)."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    proc = launched.proc
+    previous = signal.signal(signal.SIGTERM, lambda *_: launched.signal(signal.SIGTERM))
     try:
-        info = _wait_ready(proc, ready, timeout)
+        info = _wait_ready(launched, timeout)
         if info is not None:
             _report(name, info, loopback=loopback)
         return _wait(proc)
@@ -123,20 +122,13 @@ def _serve(
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait_ready(
-    proc: subprocess.Popen[bytes], ready: Path, timeout: float
-) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if proc.poll() is not None:
-            return None  # it said why on stderr; we exit with its code
-        if time.monotonic() > deadline:
-            proc.terminate()
-            _wait(proc)
-            fail(DaemonUnavailable(f"the worker was not ready within {timeout:.0f} s"))
-        time.sleep(0.05)
-    data: dict[str, Any] = json.loads(ready.read_text())
-    return data
+def _wait_ready(launched: Launched, timeout: float) -> dict[str, Any] | None:
+    try:
+        return launched.wait_ready(timeout)
+    except LaunchError as exc:
+        if "not ready after" not in exc.message:
+            return None  # it exited and said why on stderr; we exit with its code
+        fail(DaemonUnavailable(f"the worker was not ready within {timeout:.0f} s"))
 
 
 def _report(name: str, info: dict[str, Any], *, loopback: bool) -> None:

@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
 from duplexd.errors import DaemonUnavailable
+from duplexd.launch import Launched, LaunchSpec, launch
 
 __all__ = [
     "DEFAULT_ORCHESTRATOR",
@@ -55,22 +52,6 @@ def probe(addr: str, timeout_s: float = 0.5) -> bool:
             return bool(resp.status == 200)
     except (OSError, urllib.error.URLError, ValueError):
         return False
-
-
-@dataclass
-class _Child:
-    kind: str
-    proc: subprocess.Popen[bytes]
-    ready_file: Path
-    log_file: Path
-
-    def info(self) -> dict[str, Any] | None:
-        if not self.ready_file.exists():
-            return None
-        return dict(json.loads(self.ready_file.read_text()))
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_file.read_text(errors="replace")[-chars:]
 
 
 class EmbeddedStack:
@@ -96,7 +77,7 @@ class EmbeddedStack:
         self.env = {**os.environ, **(env or {})}
         self.timeout_s = timeout_s
         self.addr = ""
-        self.children: list[_Child] = []
+        self.children: list[Launched] = []
         self._lock = threading.Lock()  # start() may still run in a thread while stop() runs
         self._stopping = False
         self._old_sigterm: Any = None
@@ -104,7 +85,7 @@ class EmbeddedStack:
 
     @property
     def pids(self) -> list[int]:
-        return [c.proc.pid for c in self.children]
+        return [c.pid for c in self.children]
 
     # -- sync and async context manager ----------------------------------------------------
 
@@ -171,44 +152,37 @@ class EmbeddedStack:
         with self._lock:
             self._stopping = True
             children = list(self.children)
-        for child in children:
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
+        for child in children:  # both drain at once, then each gets what is left of the grace
+            child.signal(signal.SIGTERM)
         deadline = time.monotonic() + _GRACE_S
         for child in children:
-            try:
-                child.proc.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
+            child.stop(max(deadline - time.monotonic(), 0.01))
         if self._own_dir and self.workdir.name.startswith("duplex-embedded-"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _spawn(self, kind: str, args: list[str]) -> _Child:
-        ready = self.workdir / f"{kind}.ready.json"
-        ready.unlink(missing_ok=True)
+    def _spawn(self, kind: str, args: list[str]) -> Launched:
         log_file = self.workdir / f"{kind}.log"
-        cmd = [sys.executable, "-m", "duplexd", kind, "--ready-file", str(ready), *args]
-        with self._lock, log_file.open("wb") as log:
+        log_file.unlink(missing_ok=True)
+        # Same process group as us: a Ctrl-C reaches them too, and they drain on it.
+        spec = LaunchSpec(kind, args, ready_file=self.workdir / f"{kind}.ready.json",
+                          log_file=log_file, env=self.env, own_group=False)  # fmt: skip
+        with self._lock:
             if self._stopping:
                 raise DaemonUnavailable("the embedded stack was stopped while starting")
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
-            )
-            child = _Child(kind, proc, ready, log_file)
+            child = launch(spec)
             self.children.append(child)
         return child
 
-    def _wait_ready(self, child: _Child, deadline: float) -> dict[str, Any]:
+    def _wait_ready(self, child: Launched, deadline: float) -> dict[str, Any]:
+        kind = child.spec.kind
         while (info := child.info()) is None:
-            if child.proc.poll() is not None:
+            if child.returncode is not None:
                 raise DaemonUnavailable(
-                    f"the embedded {child.kind} exited with {child.proc.returncode}:\n"
-                    f"{child.log_tail()}",
-                    hint=f"full log: {child.log_file}",
+                    f"the embedded {kind} exited with {child.returncode}:\n{child.log(30)}",
+                    hint=f"full log: {child.spec.log_file}",
                 )
             if time.monotonic() > deadline or self._stopping:
-                raise DaemonUnavailable(f"the embedded {child.kind} was not ready in time")
+                raise DaemonUnavailable(f"the embedded {kind} was not ready in time")
             time.sleep(0.05)
         return info
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from duplexctl.supervise.health import Pinger
 from duplexctl.supervise.proc import DaemonStartError, log_tail
-from duplexctl.supervise.spec import DaemonSpec, save_plan
+from duplexctl.supervise.spec import DaemonSpec, UpOptions, check_ports, plan_daemons, save_plan
 from duplexctl.supervise.state import DaemonRecord, FleetState, StateStore, same_process
 from duplexd.errors import DaemonUnavailable, DuplexError
 
@@ -26,11 +26,41 @@ __all__ = [
     "DaemonStatus",
     "StopReport",
     "probe",
+    "refuse_if_running",
     "spawn_detached",
+    "start_fleet",
     "stop_fleet",
     "stop_leftovers",
     "wait_until_ready",
 ]
+
+
+def refuse_if_running(store: StateStore) -> list[str]:
+    """One supervisor per state dir: raise if one runs; a dead one's leftovers are stopped
+    (their names are returned) and its state cleared."""
+    state = store.read()
+    if state is None:
+        return []
+    if state.supervisor_alive():
+        raise DuplexError(
+            f"duplex is already running (supervisor pid {state.supervisor_pid})",
+            hint="`duplexctl status` shows it, `duplexctl down` stops it",
+        )
+    left = stop_leftovers(state.daemons)
+    store.clear()
+    return left.stopped
+
+
+def start_fleet(store: StateStore, opts: UpOptions, *, timeout_s: float) -> FleetState:
+    """`duplexctl up --detach` in-process (the CLI and the dashboard): plan the daemons, check
+    their ports, start a detached supervisor and wait until every daemon is ready."""
+    refuse_if_running(store)
+    specs = plan_daemons(opts, store)
+    check_ports(specs, opts.base_port)
+    store.ensure()
+    proc = spawn_detached(store, specs, ready_timeout_s=timeout_s)
+    # Workers start together, the orchestrator after them: two ready waits at most.
+    return wait_until_ready(store, proc, 2 * timeout_s + 15)
 
 
 def spawn_detached(

@@ -17,10 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +26,7 @@ from duplexctl.supervise.health import Pinger
 from duplexctl.supervise.spec import DaemonSpec
 from duplexctl.supervise.state import DaemonRecord, process_created
 from duplexd.errors import DaemonUnavailable, DuplexError
+from duplexd.launch import Launched, LaunchError, LaunchSpec, launch, log_tail
 from duplexd.logging import get_logger
 
 __all__ = ["DaemonStartError", "SupervisedProc", "Timing", "log", "log_tail"]
@@ -40,10 +37,9 @@ def log() -> Any:
     return get_logger("duplexctl.supervise")
 
 
-class DaemonStartError(DuplexError):
-    """A daemon exited or hung before reporting ready; the message ends with its log tail."""
+class DaemonStartError(LaunchError):
+    """A supervised daemon exited or hung before reporting ready (with its log tail)."""
 
-    status = "UNAVAILABLE"
     exit_code = 1
 
 
@@ -62,17 +58,6 @@ class Timing:
     stop_grace_s: float = 5.0
 
 
-def log_tail(path: os.PathLike[str] | str, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as fh:  # noqa: PTH123  # seek on a binary handle
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(fh.tell() - 16_384, 0))
-            text = fh.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class SupervisedProc:
     """Start, watch, restart and stop one daemon; `record` is what state.json shows of it."""
 
@@ -88,7 +73,7 @@ class SupervisedProc:
         self.timing = timing or Timing()
         self._pinger = pinger
         self._on_change = on_change
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Launched | None = None
         self._closing = asyncio.Event()
         self.record = DaemonRecord(
             name=spec.name, kind=spec.kind, log=str(spec.log_file), addr=spec.addr
@@ -99,9 +84,11 @@ class SupervisedProc:
     async def start(self) -> None:
         """Launch and wait until ready; raises DaemonStartError (the process is gone then)."""
         self._set(state="starting")
-        self.spec.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        self.spec.ready_file.unlink(missing_ok=True)
-        self._proc = await self._spawn()
+        self._proc = launch(LaunchSpec(
+            self.spec.kind, argv=self.spec.argv, ready_file=self.spec.ready_file,
+            log_file=self.spec.log_file, env=dict(self.spec.env), die_with_us=True,
+            log_marker=_marker(self.spec, self.record.restarts),
+        ))  # fmt: skip
         self._set(pid=self._proc.pid, pid_created=process_created(self._proc.pid))
         try:
             info = await self._wait_ready(self._proc)
@@ -116,32 +103,15 @@ class SupervisedProc:
         )
         log().info("daemon ready", daemon=self.spec.name, pid=self._proc.pid, addr=self.record.addr)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        self.spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.spec.log_file.open("ab") as out:
-            out.write(_marker(self.spec, self.record.restarts))
-            out.flush()
-            return await asyncio.create_subprocess_exec(
-                *self.spec.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.spec.env},
-                start_new_session=True,
-                preexec_fn=_pdeathsig_hook(),  # one prctl call, nothing that locks
-            )
-
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    async def _wait_ready(self, proc: Launched) -> dict[str, Any]:
         deadline = time.monotonic() + self.timing.ready_timeout_s
-        ready = self.spec.ready_file
-        while not ready.exists():
+        while (info := proc.info()) is None:
             if proc.returncode is not None:
                 raise self._start_error(f"exited with code {proc.returncode} before it was ready")
             if time.monotonic() > deadline:
                 raise self._start_error(f"not ready after {self.timing.ready_timeout_s:g} s")
             await asyncio.sleep(0.05)
-        data: dict[str, Any] = json.loads(ready.read_text())
-        return data
+        return info
 
     def _start_error(self, what: str) -> DaemonStartError:
         tail = log_tail(self.spec.log_file)
@@ -193,13 +163,13 @@ class SupervisedProc:
         assert proc is not None
         last_pong = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(proc.wait(), self.timing.ping_interval_s)
+            if (code := await proc.wait(self.timing.ping_interval_s)) is not None:
+                return code
             if await self._ping():
                 last_pong = time.monotonic()
             elif time.monotonic() - last_pong > self.timing.unresponsive_s:
                 log().error("daemon unresponsive, killing it", daemon=self.spec.name)
-                self._kill_group(signal.SIGKILL)
+                proc.kill_group()
 
     async def _ping(self) -> bool:
         try:
@@ -225,26 +195,16 @@ class SupervisedProc:
             return
         if proc.returncode is None:
             self._set(state="stopping")
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.timing.stop_grace_s)
-            except TimeoutError:
-                log().warning("daemon ignored SIGTERM, killing it", daemon=self.spec.name)
-                self._kill_group(signal.SIGKILL)
-                await proc.wait()
-            log().info("daemon stopped", daemon=self.spec.name, code=proc.returncode)
-        self._kill_group(signal.SIGKILL)  # helpers it started (espeak-ng …) go with it
+            code, killed = await proc.astop(self.timing.stop_grace_s)
+            if killed:
+                log().warning("daemon ignored SIGTERM, killed it", daemon=self.spec.name)
+            log().info("daemon stopped", daemon=self.spec.name, code=code)
+        proc.kill_group()  # helpers it started (espeak-ng …) go with it
 
     def kill_now(self) -> None:
         """Last resort from atexit/signal context: no event loop, no waiting."""
-        self._kill_group(signal.SIGKILL)
-
-    def _kill_group(self, sig: signal.Signals) -> None:
-        if self._proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)  # its own session: pgid == pid
+        if self._proc is not None:
+            self._proc.kill_group()
 
     def _set(self, **changes: Any) -> None:
         for key, value in changes.items():
@@ -257,22 +217,3 @@ def _marker(spec: DaemonSpec, restarts: int) -> bytes:
     event = "supervisor: starting" if restarts == 0 else f"supervisor: restart #{restarts}"
     line = {"event": event, "daemon": spec.name, "timestamp": time.time(), "logger": "duplexctl"}
     return (json.dumps(line) + "\n").encode()
-
-
-def _pdeathsig_hook() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when the supervisor dies.
-
-    libc is looked up here, in the parent: importing or loading anything in the forked child
-    of a threaded process can deadlock on a lock another thread held at fork time.
-    """
-    if sys.platform != "linux":
-        return None
-    import ctypes  # Linux only
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:  # pragma: no cover  # runs in the forked child
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return hook

@@ -10,45 +10,67 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 
+from duplexctl.supervise.spec import UpOptions
 from duplexctl.supervise.state import StateStore
-from duplexctl.tui.data import Poller, Snapshot
+from duplexctl.tui.data import Poller
 from duplexctl.tui.screens.dashboard import DashScreen
+from duplexctl.tui.views import Snapshot
+from duplexd.errors import DuplexError
 
 __all__ = ["DaemonControl", "DashApp"]
 
 
 class DaemonControl:
-    """Start and stop the fleet through `duplexctl up --detach` / `down` subprocesses.
+    """Start and stop the fleet as `duplexctl up --detach` / `down` do, in-process.
 
-    The console commands already know how to spawn, wait for and stop a supervisor; running
-    them keeps one implementation. `argv` is the command prefix (tests point it elsewhere).
+    The same functions (supervise.control: `start_fleet`, `stop_fleet`) run in a thread, so
+    the dashboard and the console start one supervisor the same way; `options` are `up`'s.
     """
 
     def __init__(
         self,
         *,
         state_dir: Path | None = None,
-        argv: Sequence[str] = (sys.executable, "-m", "duplexctl"),
-        timeout_s: float = 300.0,
+        options: UpOptions | None = None,
+        timeout_s: float = 120.0,
     ) -> None:
         self.state_dir = state_dir
-        self.argv = tuple(argv)
+        self.options = options or UpOptions()
         self.timeout_s = timeout_s
 
     async def start(self) -> tuple[bool, str]:
-        return await self.run("up", "--detach")
+        from duplexctl.supervise.control import start_fleet
+
+        store = StateStore(self.state_dir)
+        try:
+            state = await asyncio.to_thread(
+                start_fleet, store, self.options, timeout_s=self.timeout_s
+            )
+        except DuplexError as exc:
+            return False, f"start failed: {exc}"
+        names = ", ".join(d.name for d in state.daemons)
+        return True, f"started {names} (supervisor pid {state.supervisor_pid})"
 
     async def stop(self) -> tuple[bool, str]:
-        return await self.run("down")
+        from duplexctl.supervise.control import stop_fleet
+
+        try:
+            report = await asyncio.to_thread(stop_fleet, StateStore(self.state_dir))
+        except DuplexError as exc:
+            return False, f"stop failed: {exc}"
+        if report is None:
+            return True, "nothing was running"
+        stopped = [*(["supervisor"] if report.supervisor_pid else []), *report.stopped]
+        killed = f"; had to SIGKILL {', '.join(report.killed)}" if report.killed else ""
+        return True, f"stopped {', '.join(stopped) or 'nothing'}{killed}"
 
     async def restart_all(self) -> tuple[bool, str]:
         ok, out = await self.stop()
@@ -64,30 +86,6 @@ class DaemonControl:
             return False, f"{name} is not running ({record.state}); its supervisor restarts it"
         os.kill(record.pid, signal.SIGTERM)
         return True, f"stopped {name} (pid {record.pid}); its supervisor starts it again"
-
-    async def run(self, *args: str) -> tuple[bool, str]:
-        """Run one `duplexctl` command; (succeeded, its last lines of output)."""
-        env = dict(os.environ)
-        if self.state_dir is not None:
-            env["DUPLEX_STATE_DIR"] = str(self.state_dir)
-        env["COLUMNS"] = "100"
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return False, f"duplexctl {' '.join(args)}: no result after {self.timeout_s:g} s"
-        lines = out.decode(errors="replace").strip().splitlines()[-6:]
-        summary = "\n".join(lines) or f"exit code {proc.returncode}"
-        return proc.returncode == 0, f"duplexctl {' '.join(args)}: {summary}"
 
 
 class DashApp(App[None]):

@@ -1,23 +1,22 @@
 """Start real daemon processes for tests and benchmarks: `duplexd worker` and friends.
 
 Each process binds port 0 and reports its real ports through `--ready-file`, so tests run in
-parallel without port clashes. Stopping sends SIGTERM, then SIGKILL after a grace period.
+parallel without port clashes. Launching and stopping (SIGTERM, then SIGKILL after a grace
+period) are `duplexd.launch`'s, as for `duplexctl up` and the embedded stack.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from duplexd.launch import Launched, LaunchError, LaunchSpec, launch
 
 __all__ = ["DaemonProc", "daemon", "free_port", "start_daemon"]
 
@@ -31,9 +30,13 @@ def free_port() -> int:
 
 @dataclass
 class DaemonProc:
-    proc: subprocess.Popen[bytes]
+    launched: Launched
     info: dict[str, Any]
     log_path: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.launched.proc
 
     @property
     def addr(self) -> str:
@@ -47,14 +50,7 @@ class DaemonProc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, grace_s: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return self.launched.stop(grace_s)
 
 
 def start_daemon(
@@ -71,33 +67,19 @@ def start_daemon(
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{kind}-{time.monotonic_ns()}.ready.json"
     log_path = ready.with_suffix(".log")
-    cmd = [
-        str(python or sys.executable),
-        "-m",
-        "duplexd",
-        kind,
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        *args,
-    ]
+    args = ["--port", "0", *args]
     if kind == "worker" and "--metrics-port" not in args:
-        cmd += ["--metrics-port", str(free_port())]
-    full_env = {**os.environ, **(env or {})}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    deadline = time.monotonic() + timeout_s
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"duplexd {kind} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError(f"duplexd {kind} not ready in {timeout_s}s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    return DaemonProc(proc, json.loads(ready.read_text()), log_path)
+        args += ["--metrics-port", str(free_port())]
+    launched = launch(LaunchSpec(kind, args, ready_file=ready, log_file=log_path, env=env or {},
+                                 python=python, die_with_us=True))  # fmt: skip
+    try:
+        info = launched.wait_ready(timeout_s)
+    except LaunchError as exc:
+        log = log_path.read_text(errors="replace")[-3000:]
+        if "not ready after" in exc.message:  # too slow: wait_ready stopped it
+            raise TimeoutError(f"duplexd {kind} not ready in {timeout_s}s:\n{log}") from None
+        raise RuntimeError(f"duplexd {kind} exited with {launched.returncode}:\n{log}") from None
+    return DaemonProc(launched, info, log_path)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from duplexd.config import RedisConfig
 from duplexd.errors import ConfigError, DuplexError
 from duplexd.fleet.keys import EVENTS_CHANNEL, open_redis, redact_url, worker_key
 from duplexd.logging import get_logger
+from duplexd.tts.description import describe
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -63,44 +64,41 @@ def advertised_addr(advertise: str | None, host: str, port: int) -> str:
 
 def announcement(worker: Worker, addr: str, redis: RedisConfig) -> dict[str, Any]:
     """The JSON a worker announces: the design's fields plus what operators want to see."""
-    from duplexd.tts.server import capabilities  # grpc-side module: only when announcing
-
-    caps = capabilities(worker, addr)
-    c, hw, m = caps.capabilities, caps.hardware, caps.metrics
+    d = describe(worker, addr)
     return {
-        "name": worker.name,
-        "addr": f"grpc://{addr}",
+        "name": d.name,
+        "addr": f"grpc://{d.addr}",
         "capabilities": {
-            "streaming": c.streaming,
-            "zero_shot": c.zero_shot,
-            "lora": c.lora,
-            "cpu_ok": c.cpu_ok,
-            "languages": list(c.languages),
-            "emotive_zero_prompt": c.emotive_zero_prompt,
-            "families": list(c.families),
+            "streaming": True,
+            "zero_shot": d.zero_shot,
+            "lora": d.lora,
+            "cpu_ok": d.cpu_ok,
+            "languages": list(d.languages),
+            "emotive_zero_prompt": d.emotive_zero_prompt,
+            "families": list(d.families),
         },
-        "audio": {"sr": caps.audio.sr, "frame_ms": caps.audio.frame_ms},
+        "audio": {"sr": d.sample_rate, "frame_ms": d.frame_ms},
         "hardware": {
-            "gpu": hw.gpu,
-            "device": hw.device,
-            "vram_gb": _vram_gb(hw.device) if hw.gpu else 0,
-            "ram_gb": round(hw.ram_total_bytes / 1e9, 1),
-            "cpu_count": hw.cpu_count,
+            "gpu": d.gpu,
+            "device": d.device,
+            "vram_gb": _vram_gb(d.device) if d.gpu else 0,
+            "ram_gb": round(d.ram_total_bytes / 1e9, 1),
+            "cpu_count": d.cpu_count,
         },
-        "resident_models": list(caps.resident_models),
-        "default_model": worker.manager.default_model_id,
+        "resident_models": list(d.resident_models),
+        "default_model": d.default_model,
         "metrics": {
-            "rtf": round(m.rtf, 4),
-            "queue_depth": m.queue_depth,
-            "p50_ms": round(m.fal_p50_ms, 1),  # first-audio latency
-            "p95_ms": round(m.fal_p95_ms, 1),
-            "active_sessions": m.active_sessions,
+            "rtf": round(d.rtf, 4),
+            "queue_depth": d.queue_depth,
+            "p50_ms": round(d.fal_p50_ms, 1),  # first-audio latency
+            "p95_ms": round(d.fal_p95_ms, 1),
+            "active_sessions": d.active_sessions,
         },
-        "version": caps.version,
+        "version": d.version,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "started_unix": round(caps.started_unix, 3),
-        "heartbeat_unix": round(time.time(), 3),
+        "started_unix": round(d.started_unix, 3),
+        "heartbeat_unix": round(d.described_unix, 3),
         "heartbeat_ms": redis.heartbeat_ms,
         "ttl_ms": redis.ttl_ms,
     }

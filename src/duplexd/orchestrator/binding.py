@@ -25,7 +25,7 @@ __all__ = ["WorkerBinding"]
 
 log = get_logger("duplexd.orchestrator.binding")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class WorkerBinding:

@@ -37,7 +37,7 @@ WIRE_SETTLE_S = 0.06
 """After a PAUSE is acknowledged, frames already on the wire arrive within this; the barge-in
 figures (frames after pause, worker silent) are read after it."""
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Speech:

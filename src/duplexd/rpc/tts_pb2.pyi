@@ -333,6 +333,9 @@ class ModelInfo(_message.Message):
     LOADED_UNIX_FIELD_NUMBER: _builtins.int
     BASE_MODEL_FIELD_NUMBER: _builtins.int
     ADAPTERS_FIELD_NUMBER: _builtins.int
+    VOICES_FIELD_NUMBER: _builtins.int
+    DEFAULT_VOICE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     family: _builtins.str
     state: Global___ModelState.ValueType
@@ -355,6 +358,8 @@ class ModelInfo(_message.Message):
     loaded_unix: _builtins.float
     base_model: _builtins.str
     """a LoRA voice: the model it is attached to"""
+    default_voice: _builtins.str
+    description: _builtins.str
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -362,6 +367,10 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def adapters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """a base: the LoRA voices attached to it now"""
+
+    @_builtins.property
+    def voices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """speaker names the catalog lists for it"""
 
     def __init__(
         self,
@@ -386,10 +395,13 @@ class ModelInfo(_message.Message):
         loaded_unix: _builtins.float = ...,
         base_model: _builtins.str = ...,
         adapters: _abc.Iterable[_builtins.str] | None = ...,
+        voices: _abc.Iterable[_builtins.str] | None = ...,
+        default_voice: _builtins.str = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "base_model", b"base_model", "device", b"device", "estimated_memory_bytes", b"estimated_memory_bytes", "family", b"family", "id", b"id", "is_default", b"is_default", "languages", b"languages", "last_used_unix", b"last_used_unix", "load_ms", b"load_ms", "loaded_unix", b"loaded_unix", "memory_bytes", b"memory_bytes", "native_sr", b"native_sr", "pinned", b"pinned", "refcount", b"refcount", "resident", b"resident", "state", b"state", "tags", b"tags", "ttl_remaining_ms", b"ttl_remaining_ms", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "base_model", b"base_model", "default_voice", b"default_voice", "description", b"description", "device", b"device", "estimated_memory_bytes", b"estimated_memory_bytes", "family", b"family", "id", b"id", "is_default", b"is_default", "languages", b"languages", "last_used_unix", b"last_used_unix", "load_ms", b"load_ms", "loaded_unix", b"loaded_unix", "memory_bytes", b"memory_bytes", "native_sr", b"native_sr", "pinned", b"pinned", "refcount", b"refcount", "resident", b"resident", "state", b"state", "tags", b"tags", "ttl_remaining_ms", b"ttl_remaining_ms", "unavailable_reason", b"unavailable_reason", "voices", b"voices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,11 @@ and the base's idle clock starts when its last voice goes. Voices do not count a
 Each load resolves its device first (`device_of`, off the event loop: it may import torch), so
 the memory pre-check, the estimates and ListModels speak of the device the model really uses.
 
+This module carries loads and unloads out (the load slots, the tasks, the thread hops, the
+events); *what* may load, what must go first and why a request is refused are decided in
+`duplexd.tts.residency`, which a load calls into step by step. The public value types are in
+`duplexd.tts.model_status`; import them from here.
+
 The loader, the clocks, the memory probe and the thread hop are injected, so the unit tests run
 the real scheduling logic in milliseconds (see `duplexd.devkit.models`).
 """
@@ -26,48 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
+from duplexd.aio import Subscribers, TaskSet, cancel_and_wait
 from duplexd.config import ModelManagerConfig
-from duplexd.errors import (
-    DuplexError,
-    FailedPrecondition,
-    ModelLoadError,
-    ModelNotFound,
-    WeightsMissing,
-)
+from duplexd.errors import DuplexError, FailedPrecondition, ModelLoadError, ModelNotFound
 from duplexd.logging import get_logger
 from duplexd.tts import memory
-from duplexd.tts._manager_state import (
-    AttachFn,
-    DeviceFn,
-    Entry,
-    Lease,
-    LoadFn,
-    LoadOutcome,
-    LoadResult,
-    ModelHandle,
-    ModelState,
-    ModelStatus,
-    Policy,
-    RunBlocking,
-    Subscribers,
-    TaskSet,
-    build_status,
-    busy_refusal,
-    cap_refusal,
-    estimate_bytes,
-    memory_refusal,
-    merge_catalog,
-    new_entry,
-    occupancy,
-    reserved_bytes,
-    unload_refusal,
-)
 from duplexd.tts.catalog import Catalog, ModelMeta
+from duplexd.tts.model_status import LoadOutcome, LoadResult, ModelHandle, ModelState, ModelStatus
+from duplexd.tts.residency import Entry, Residency
 
 __all__ = [
     "AttachFn",
@@ -85,6 +61,58 @@ __all__ = [
 log = get_logger("duplexd.tts.manager")
 
 _MIB = 2**20
+T = TypeVar("T")
+
+LoadFn = Callable[[ModelMeta], ModelHandle]
+"""Blocking: loads AND warms up a model; the manager runs it off the event loop."""
+
+AttachFn = Callable[[ModelHandle, ModelMeta], ModelHandle]
+"""Blocking: attaches a LoRA voice to its resident base's handle and warms it up; the handle
+it returns serves the voice's sessions and its `close()` detaches only that adapter."""
+
+DeviceFn = Callable[[ModelMeta], str]
+"""Blocking: the concrete device (`cpu`, `cuda:N`) a model will load on; may raise."""
+
+
+class RunBlocking(Protocol):
+    """Runs a blocking call off the event loop (``asyncio.to_thread`` in production)."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+class Lease:
+    """A refcount on a resident model: the model cannot be evicted or unloaded while held.
+
+    `release()` is idempotent; an ``async with`` block releases on exit.
+    """
+
+    def __init__(self, entry: Entry, on_release: Callable[[Entry], None]) -> None:
+        assert entry.handle is not None, "a lease needs a resident model"
+        self.model_id: str = entry.model_id
+        self.meta: ModelMeta = entry.meta
+        self.handle: ModelHandle = entry.handle
+        self._entry = entry
+        self._on_release = on_release
+        self._released = False
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._on_release(self._entry)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Lease({self.model_id!r}, released={self._released})"
 
 
 class ModelManager:
@@ -104,24 +132,23 @@ class ModelManager:
         device_of: DeviceFn | None = None,
         attach_fn: AttachFn | None = None,
     ) -> None:
-        self._catalog = catalog
         self._config = config
+        self._models = Residency(catalog, config, device=device, clock=clock, wall_clock=wall_clock)
         self._load_fn = load_fn
         self._clock = clock
-        self._wall = wall_clock
         self._probe = memory_probe
         self._run_blocking = run_blocking
-        self._device = device  # the worker's setting; shown until a load resolves one
         self._device_of: DeviceFn = device_of or (lambda _meta: device)
         self._attach_fn: AttachFn = attach_fn or _no_lora
-        self._policy = Policy(
-            config.default_model_id, config.ttl_ms / 1000, config.min_residency_ms / 1000
-        )
-        self._entries: dict[str, Entry] = {meta.model_id: new_entry(meta) for meta in catalog}
         self._load_slots = asyncio.Semaphore(config.max_parallel_loads)
         self._in_flight = 0  # load tasks running or waiting for a slot
-        self._tasks = TaskSet()
-        self._events = Subscribers(log)
+        # loads and unloads; their awaiters get (and report) any error
+        self._tasks = TaskSet(log=None)
+        self._events: Subscribers[[str, str]] = Subscribers(
+            log=log,
+            failure_event="model event subscriber failed",
+            arg_names=("event_name", "model"),
+        )
         self._evictor: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -135,7 +162,7 @@ class ModelManager:
         """Load + warm the default (failure is fatal), then the preload list, then the evictor."""
         default = self.default_model_id
         try:
-            self._catalog.get(default)
+            self._models.catalog.get(default)
         except ModelNotFound as exc:
             raise ModelNotFound(
                 f"default model {default!r} is not in the catalog", hint=exc.hint
@@ -148,14 +175,10 @@ class ModelManager:
     async def aclose(self) -> None:
         """Stop the evictor, let in-flight loads finish, unload everything."""
         self._closing = True
-        if self._evictor is not None:
-            self._evictor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._evictor
-            self._evictor = None
+        await cancel_and_wait(self._evictor)
+        self._evictor = None
         await self._tasks.wait_all()
-        # LoRA voices first: each keeps its base resident
-        for entry in sorted(self._entries.values(), key=lambda e: not e.meta.is_lora):
+        for entry in self._models.shutdown_order():
             if entry.state == "resident":
                 if entry.users:
                     log.warning("unloading a leased model at shutdown", model=entry.model_id)
@@ -166,53 +189,47 @@ class ModelManager:
     async def acquire(self, model_id: str) -> Lease:
         """A lease on `model_id`, loading it first if needed (refcount + 1)."""
         entry = self._entry_for_use(model_id)
-        with self._held(entry):
+        with entry.held():
             await self._ensure_resident(entry, bounded=True)
-            entry.refcount += 1
-        self._touch(entry)
-        return Lease(entry, self._release)
+            self._models.take(entry)
+        return Lease(entry, self._models.release)
 
     async def load(self, model_id: str, *, pin: bool = False) -> LoadResult:
         """Make `model_id` resident (a LoadModel counts as a use), pinning it if asked."""
         entry = self._entry_for_use(model_id)
-        with self._held(entry):
+        with entry.held():
             outcome = await self._ensure_resident(entry, bounded=True)
             if pin:
                 self._set_pin(entry, True)
         if outcome is None:
-            self._touch(entry)
-            return LoadResult(self._status(entry), True, 0.0, [])
-        return LoadResult(self._status(entry), False, outcome.load_ms, list(outcome.evicted))
+            self._models.touch(entry)
+            return LoadResult(self._models.status(entry), True, 0.0, [])
+        status = self._models.status(entry)
+        return LoadResult(status, False, outcome.load_ms, list(outcome.evicted))
 
     async def unload(self, model_id: str, *, force: bool = False) -> int:
         """Unload a resident, unleased model; returns the bytes its handle reported."""
-        entry = self._existing(model_id)
-        refusal = unload_refusal(entry, force=force, default_id=self.default_model_id)
-        if refusal is not None:
-            raise refusal
+        entry = self._models.existing(model_id)
+        self._models.check_unload(entry, force=force)
         return await self._unload(entry, "unloaded", reason="requested")
 
     def set_pinned(self, model_id: str, pinned: bool) -> ModelStatus:
-        entry = self._existing(model_id)
-        if entry.state != "resident":
-            raise FailedPrecondition(
-                f"model {model_id!r} is not resident (state: {entry.state})",
-                hint="load it with pin=true instead",
-            )
+        entry = self._models.existing(model_id)
+        self._models.check_pin(entry)
         self._set_pin(entry, pinned)
-        return self._status(entry)
+        return self._models.status(entry)
 
     # -- reading ---------------------------------------------------------------------------
 
     def status(self, model_id: str) -> ModelStatus:
-        return self._status(self._existing(model_id))
+        return self._models.status(self._models.existing(model_id))
 
     def list(self) -> builtins.list[ModelStatus]:  # `builtins.` below: this shadows list
         """Every catalog entry in catalog order, then dropped models that are still resident."""
-        return [self._status(entry) for entry in self._entries.values()]
+        return [self._models.status(entry) for entry in self._models.entries.values()]
 
     def resident_ids(self) -> builtins.list[str]:
-        return [e.model_id for e in self._entries.values() if e.state == "resident"]
+        return [e.model_id for e in self._models.entries.values() if e.state == "resident"]
 
     # -- eviction and reload ---------------------------------------------------------------
 
@@ -220,8 +237,8 @@ class ModelManager:
         """One evictor pass: unload idle models past their TTL; returns their ids."""
         now = self._clock() if now is None else now
         evicted: builtins.list[str] = []
-        for entry in [e for e in self._entries.values() if self._policy.expired(e, now)]:
-            if self._policy.expired(entry, now):  # an earlier unload may have awaited
+        for entry in self._models.expired(now):
+            if self._models.policy.expired(entry, now):  # an earlier unload may have awaited
                 reason = "dropped from catalog" if entry.dropped else "ttl"
                 await self._unload(entry, "evicted", reason=reason)
                 evicted.append(entry.model_id)
@@ -232,67 +249,29 @@ class ModelManager:
 
         Remembered load errors are forgotten: a reload usually follows a fix (pulled weights).
         """
-        self._entries, self._catalog = merge_catalog(self._entries, catalog), catalog
+        self._models.replace_catalog(catalog)
         if self.default_model_id not in catalog:
             log.warning("default model dropped from the catalog", model=self.default_model_id)
 
     def subscribe(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
         """Call `callback(event, model_id)` on model events; returns the unsubscribe function."""
-        return self._events.add(callback)
+        return self._events.subscribe(callback)
 
-    # -- internals: lookup and leases ------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------
 
-    def _entry_for_use(self, model_id: str) -> Entry:
+    def _check_open(self) -> None:
         if self._closing:
             raise FailedPrecondition("the model manager is shutting down")
-        meta = self._catalog.get(model_id)  # ModelNotFound with a did-you-mean hint
-        if meta.unavailable:
-            raise FailedPrecondition(
-                f"model {model_id!r} cannot be served by this build: {meta.unavailable}",
-                hint="see docs/models.md",
-            )
-        if meta.base_model is not None and meta.base_model not in self._catalog:
-            raise ModelNotFound(
-                f"LoRA voice {model_id!r} needs base model {meta.base_model!r}, "
-                "which is not in the catalog",
-                hint="add the base model's catalog entry or voicepack",
-            )
-        return self._entries[model_id]
 
-    def _existing(self, model_id: str) -> Entry:
-        entry = self._entries.get(model_id)
-        if entry is None:
-            self._catalog.get(model_id)  # raises ModelNotFound
-            raise ModelNotFound(f"unknown model {model_id!r}")
-        return entry
-
-    @contextlib.contextmanager
-    def _held(self, entry: Entry) -> Iterator[None]:
-        entry.holds += 1
-        try:
-            yield
-        finally:
-            entry.holds -= 1
-
-    def _touch(self, entry: Entry) -> None:
-        entry.last_used, entry.last_used_unix = self._clock(), self._wall()
-
-    def _release(self, entry: Entry) -> None:
-        entry.refcount -= 1
-        if entry.refcount == 0:
-            self._touch(entry)  # the idle clock starts now
+    def _entry_for_use(self, model_id: str) -> Entry:
+        self._check_open()
+        return self._models.for_use(model_id)
 
     def _set_pin(self, entry: Entry, pinned: bool) -> None:
         if entry.pinned != pinned:
             entry.pinned = pinned
             log.info("model pinned" if pinned else "model unpinned", model=entry.model_id)
-            self._events.emit("pinned" if pinned else "unpinned", entry.model_id)
-
-    def _status(self, entry: Entry) -> ModelStatus:
-        return build_status(entry, self._policy, self._clock(), self._device_for(entry))
-
-    def _device_for(self, entry: Entry) -> str:
-        return entry.device or self._device
+            self._events.notify("pinned" if pinned else "unpinned", entry.model_id)
 
     # -- internals: loading ----------------------------------------------------------------
 
@@ -318,15 +297,12 @@ class ModelManager:
         return outcome
 
     def _start_load(self, entry: Entry, *, bounded: bool) -> asyncio.Task[LoadOutcome]:
-        cfg = self._config
-        if self._closing:
-            raise FailedPrecondition("the model manager is shutting down")
-        if bounded and self._in_flight >= cfg.max_parallel_loads + cfg.max_pending_loads:
-            raise busy_refusal(self._in_flight, cfg)
+        self._check_open()
+        self._models.check_admission(self._in_flight, bounded=bounded)
         self._in_flight += 1
         entry.state = "loading"
         entry.loading = self._tasks.spawn(self._load_task(entry), f"load-{entry.model_id}")
-        self._events.emit("loading", entry.model_id)
+        self._events.notify("loading", entry.model_id)
         return entry.loading
 
     async def _load_task(self, entry: Entry) -> LoadOutcome:
@@ -338,7 +314,9 @@ class ModelManager:
                 entry.load_running = True
                 return await self._load_now(entry)
         except Exception as exc:
-            self._load_failed(entry, exc)
+            entry.mark_failed(exc)
+            log.warning("model load failed", model=entry.model_id, error=str(exc))
+            self._events.notify("load_failed", entry.model_id)
             raise
         finally:
             entry.load_running, entry.loading = False, None
@@ -347,8 +325,7 @@ class ModelManager:
                 entry.state = "not_loaded"
 
     async def _load_now(self, entry: Entry) -> LoadOutcome:
-        if self._closing:
-            raise FailedPrecondition("the model manager is shutting down")
+        self._check_open()
         evicted = await self._make_room(entry)
         started = self._clock()
         try:
@@ -363,9 +340,9 @@ class ModelManager:
         """A LoRA voice: make its base resident (a normal load if needed), attach the adapter."""
         assert entry.meta.base_model is not None
         base = self._entry_for_use(entry.meta.base_model)
-        with self._held(base):
+        with base.held():
             await self._ensure_resident(base, bounded=False)
-            base.attached.add(entry.model_id)  # from here the base cannot be evicted
+            self._models.attach(entry, base)
         try:
             evicted = await self._make_room(entry)
             started = self._clock()
@@ -374,7 +351,7 @@ class ModelManager:
                 functools.partial(self._attach_fn, base.handle, entry.meta)
             )
         except BaseException:
-            self._detached(entry)
+            self._models.detach(entry)
             raise
         return self._loaded(entry, handle, started, evicted, base=base.model_id)
 
@@ -387,8 +364,8 @@ class ModelManager:
         base: str | None = None,
     ) -> LoadOutcome:
         load_ms = (self._clock() - started) * 1000
-        entry.mark_resident(handle, load_ms, self._clock(), self._wall())
-        self._events.emit("loaded", entry.model_id)
+        self._models.mark_resident(entry, handle, load_ms)
+        self._events.notify("loaded", entry.model_id)
         log.info(
             "model attached" if base else "model loaded",
             model=entry.model_id,
@@ -400,70 +377,18 @@ class ModelManager:
         )
         return LoadOutcome(load_ms, tuple(evicted))
 
-    def _detached(self, entry: Entry) -> None:
-        """A LoRA voice left (or never arrived): its base's idle clock may start."""
-        base = self._entries.get(entry.meta.base_model or "")
-        if base is not None and entry.model_id in base.attached:
-            base.attached.discard(entry.model_id)
-            self._touch(base)
-
-    def _load_failed(self, entry: Entry, exc: Exception) -> None:
-        entry.state = "unavailable" if isinstance(exc, WeightsMissing) else "not_loaded"
-        entry.error = str(exc)
-        log.warning("model load failed", model=entry.model_id, error=str(exc))
-        self._events.emit("load_failed", entry.model_id)
-
-    # -- internals: making room ------------------------------------------------------------
-
     async def _make_room(self, entry: Entry) -> builtins.list[str]:
-        """Evict for the cap (honouring min residency), then for memory (not: refusing a load
-        is worse than reloading a young model); refuse with RESOURCE_EXHAUSTED if still short."""
-        cap, entries = self._config.resident_cap, self._entries.values()
-        device = self._device_for(entry)
-        needed = estimate_bytes(entry.meta, device)
-        evicted = await self._evict_until(
-            lambda: occupancy(entries) <= cap,
-            lambda now: cap_refusal(entry, entries, self._policy, now, cap),
-            honour_min_residency=True,
-            reason="resident_cap",
-        )
-        evicted += await self._evict_until(
-            lambda: self._free_bytes(entry) >= needed,
-            lambda now: memory_refusal(
-                entry, device, needed, self._free_bytes(entry), self._config
-            ),
-            honour_min_residency=False,
-            reason="memory",
-        )
-        return evicted
-
-    async def _evict_until(
-        self,
-        fits: Callable[[], bool],
-        refusal: Callable[[float], DuplexError],
-        *,
-        honour_min_residency: bool,
-        reason: str,
-    ) -> builtins.list[str]:
+        """Evict what the rules name, for the cap, then for memory (measured after each
+        unload); they refuse with RESOURCE_EXHAUSTED when nothing more may go."""
         evicted: builtins.list[str] = []
-        while not fits():
-            now = self._clock()
-            victim = self._policy.lru_victim(
-                self._entries.values(), now, honour_min_residency=honour_min_residency
-            )
-            if victim is None:
-                raise refusal(now)
-            await self._unload(victim, "evicted", reason=reason)
+        while (victim := self._models.cap_victim(entry)) is not None:
+            await self._unload(victim, "evicted", reason="resident_cap")
+            evicted.append(victim.model_id)
+        device = self._models.device_for(entry)
+        while (victim := self._models.memory_victim(entry, self._probe(device))) is not None:
+            await self._unload(victim, "evicted", reason="memory")
             evicted.append(victim.model_id)
         return evicted
-
-    def _free_bytes(self, entry: Entry) -> int:
-        # Other loads past this check have not grown the process yet: count their estimates
-        # as taken, or two parallel loads could each see the same free memory.
-        device = self._device_for(entry)
-        reserved = reserved_bytes(self._entries.values(), device, besides=entry)
-        headroom = self._config.memory_headroom_mb * _MIB
-        return self._probe(device) - headroom - reserved
 
     # -- internals: unloading --------------------------------------------------------------
 
@@ -483,10 +408,7 @@ class ModelManager:
             # The handle is unusable either way; forgetting it beats a model stuck "unloading".
             log.error("model close failed", model=entry.model_id, error=str(exc))
         finally:
-            entry.forget_handle()
-            self._detached(entry)
-            if entry.dropped:
-                self._entries.pop(entry.model_id, None)
+            self._models.unloaded(entry)  # detaches a LoRA voice; drops a dropped model
         close_ms = (self._clock() - started) * 1000
         log.info(
             "model " + event,
@@ -495,10 +417,8 @@ class ModelManager:
             close_ms=round(close_ms, 1),
             freed_mib=round(freed / _MIB, 1),
         )
-        self._events.emit(event, entry.model_id)
+        self._events.notify(event, entry.model_id)
         return freed
-
-    # -- internals: tasks and events -------------------------------------------------------
 
     async def _evict_loop(self) -> None:
         interval = self._config.evict_check_interval_ms / 1000

@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from duplexd import __version__
 from duplexd.auth import check_key, key_from_metadata
 from duplexd.errors import DuplexError, InvalidArgument
 from duplexd.logging import get_logger, session_context
 from duplexd.rpc import tts_pb2 as pb
 from duplexd.rpc import tts_pb2_grpc as pb_grpc
+from duplexd.tts.catalog import ModelMeta
+from duplexd.tts.description import describe
 from duplexd.tts.manager import ModelStatus
 from duplexd.tts.session import TextIn
 from duplexd.tts.worker import Worker
@@ -59,6 +60,15 @@ def model_info(s: ModelStatus) -> pb.ModelInfo:
         base_model=s.base_model or "",
         adapters=list(s.adapters),
     )
+
+
+def with_catalog(info: pb.ModelInfo, meta: ModelMeta | None) -> pb.ModelInfo:
+    """Add what the catalog says of a model (voices, description) to its status."""
+    if meta is not None:
+        info.voices.extend(meta.voices)
+        info.default_voice = meta.default_voice or ""
+        info.description = meta.description
+    return info
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], exc: DuplexError) -> None:
@@ -175,7 +185,11 @@ class TTSServicer(pb_grpc.TTSServicer):
     async def ListModels(
         self, request: pb.ListModelsReq, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResp:
-        models = [model_info(s) for s in self.worker.manager.list()]
+        catalog = self.worker.catalog
+        models = [
+            with_catalog(model_info(s), catalog.get(s.model_id) if s.model_id in catalog else None)
+            for s in self.worker.manager.list()
+        ]
         return pb.ListModelsResp(models=models, worker_name=self.worker.name)
 
     @_unary
@@ -210,44 +224,31 @@ class TTSServicer(pb_grpc.TTSServicer):
 
 
 def capabilities(worker: Worker, addr: str) -> pb.GetCapResp:
-    metas = list(worker.catalog)
-    hw = worker.hardware()
-    t = worker.telemetry
+    """The worker's description as GetCapResp (the announcer renders the same one to JSON)."""
+    d = describe(worker, addr)
     return pb.GetCapResp(
-        worker_name=worker.name,
+        worker_name=d.name,
         capabilities=pb.Capabilities(
-            streaming=True,
-            zero_shot=any("zero_shot" in m.tags for m in metas),
-            lora=any(m.supports_lora for m in metas),
-            cpu_ok=any(m.cpu_ok for m in metas),
-            languages=sorted({lang for m in metas for lang in m.languages}),
-            emotive_zero_prompt=any("expressive" in m.tags for m in metas),
-            families=sorted({m.family for m in metas}),
+            streaming=True, zero_shot=d.zero_shot, lora=d.lora, cpu_ok=d.cpu_ok,
+            languages=d.languages, emotive_zero_prompt=d.emotive_zero_prompt,
+            families=d.families,
         ),
-        audio=pb.AudioSpec(sr=48000, frame_ms=20),
+        audio=pb.AudioSpec(sr=d.sample_rate, frame_ms=d.frame_ms),
         hardware=pb.Hardware(
-            gpu=bool(hw["gpu"]),
-            device=str(hw["device"]),
-            ram_total_bytes=int(hw["ram_total_bytes"]),
-            ram_available_bytes=int(hw["ram_available_bytes"]),
-            process_rss_bytes=int(hw["process_rss_bytes"]),
-            cpu_count=int(hw["cpu_count"]),
+            gpu=d.gpu, device=d.device, ram_total_bytes=d.ram_total_bytes,
+            ram_available_bytes=d.ram_available_bytes, process_rss_bytes=d.process_rss_bytes,
+            cpu_count=d.cpu_count,
         ),
-        resident_models=worker.manager.resident_ids(),
+        resident_models=d.resident_models,
         metrics=pb.WorkerMetrics(
-            rtf=t.mean_rtf,
-            queue_depth=worker.queue_depth(),
-            fal_p50_ms=t.fal.p(50),
-            fal_p95_ms=t.fal.p(95),
-            active_sessions=len(worker.sessions),
-            frames_sent=t.frames_sent,
-            late_frames=t.late_frames,
-            jitter_p95_ms=t.gaps.p(95),
+            rtf=d.rtf, queue_depth=d.queue_depth, fal_p50_ms=d.fal_p50_ms,
+            fal_p95_ms=d.fal_p95_ms, active_sessions=d.active_sessions,
+            frames_sent=d.frames_sent, late_frames=d.late_frames, jitter_p95_ms=d.jitter_p95_ms,
         ),
-        version=__version__,
-        started_unix=worker.started_unix,
-        addr=addr,
-    )
+        version=d.version,
+        started_unix=d.started_unix,
+        addr=d.addr,
+    )  # fmt: skip
 
 
 def _text_in(chunk: pb.TextChunk) -> TextIn:

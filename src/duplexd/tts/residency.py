@@ -1,0 +1,453 @@
+"""Which models stay resident in a worker, and why a request is refused.
+
+The Model Manager (`manager.py`) carries a load or an unload out: locks, threads, tasks and
+events. Everything it *decides* is here, as plain functions of the entries and a time, so the
+rules read (and change) without the async machinery around them:
+
+- `Entry`: what is known about one model (its state, handle, users, pin and clocks).
+- `Policy`: which resident model may go, and when: idle past ``ttl_ms`` and resident past
+  ``min_residency_ms``, least recently used first under ``resident_cap``; pinned, default,
+  leased models and bases with LoRA voices attached stay.
+- `Residency`: the worker's table of entries under that policy, and the refusals with the
+  messages operators read: unknown or unavailable model, a LoRA voice without its base, too many
+  loads in flight, resident_cap reached or not enough memory with nothing evictable, an unload of
+  a model that is leased, pinned, the default or a base with voices.
+
+LoRA voices are entries with a `base_model`. An attached voice keeps its base resident (its id
+sits in the base's `attached`); when it goes, the base's idle clock starts. Voices do not count
+against ``resident_cap``: an adapter is megabytes and shares its base, which counts once.
+
+The value types it reports are in `duplexd.tts.model_status`; import the public names from
+`duplexd.tts.manager`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from duplexd.config import ModelManagerConfig
+from duplexd.errors import (
+    BusyError,
+    FailedPrecondition,
+    ModelInUse,
+    ModelNotFound,
+    ResourceExhausted,
+    WeightsMissing,
+)
+from duplexd.tts.catalog import Catalog, ModelMeta
+from duplexd.tts.model_status import LoadOutcome, ModelHandle, ModelState, ModelStatus
+
+_MIB = 2**20
+
+
+@dataclass(eq=False)
+class Entry:
+    """Everything the manager knows about one model. Times from `clock` are seconds."""
+
+    meta: ModelMeta
+    state: ModelState = "not_loaded"
+    handle: ModelHandle | None = None
+    refcount: int = 0
+    # Callers between "make it resident" and "take the lease": evicting then would pull the
+    # model out from under them, so they count as users.
+    holds: int = 0
+    pinned: bool = False
+    dropped: bool = False  # gone from the catalog after a RELOAD; unloaded once idle
+    loaded_at: float | None = None
+    loaded_unix: float | None = None
+    last_used: float | None = None
+    last_used_unix: float | None = None
+    load_ms: float | None = None
+    error: str | None = None
+    load_running: bool = False  # holds a load slot (counts against the cap and memory)
+    loading: asyncio.Task[LoadOutcome] | None = None
+    closing: asyncio.Task[int] | None = None
+    device: str | None = None  # resolved when a load starts
+    # a base: its LoRA voices resident or attaching; they keep it resident
+    attached: set[str] = field(default_factory=set)
+
+    @property
+    def model_id(self) -> str:
+        return self.meta.model_id
+
+    @property
+    def users(self) -> int:
+        return self.refcount + self.holds
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Count the caller as a user while it waits for the model and takes its lease."""
+        self.holds += 1
+        try:
+            yield
+        finally:
+            self.holds -= 1
+
+    def mark_resident(self, handle: ModelHandle, load_ms: float, now: float, wall: float) -> None:
+        self.handle, self.state, self.load_ms, self.error = handle, "resident", load_ms, None
+        self.loaded_at = self.last_used = now
+        self.loaded_unix = self.last_used_unix = wall
+
+    def mark_failed(self, exc: Exception) -> None:
+        """Missing weights stay unavailable (until a RELOAD); other failures may be retried."""
+        self.state = "unavailable" if isinstance(exc, WeightsMissing) else "not_loaded"
+        self.error = str(exc)
+
+    def forget_handle(self) -> None:
+        self.handle, self.state, self.closing, self.pinned = None, "not_loaded", None, False
+        self.loaded_at = self.loaded_unix = self.load_ms = None
+
+
+def new_entry(meta: ModelMeta) -> Entry:
+    """An entry for a catalog model; one the catalog marks unavailable stays so, with why."""
+    entry = Entry(meta)
+    if meta.unavailable:
+        entry.state, entry.error = "unavailable", meta.unavailable
+    return entry
+
+
+def estimate_bytes(meta: ModelMeta, device: str) -> int:
+    """The catalog's memory estimate for `device` (VRAM on CUDA, RAM otherwise)."""
+    if device.startswith("cuda"):
+        return int(meta.estimated_vram_gb * 2**30)
+    return meta.estimated_memory_bytes
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which resident models may be unloaded, and when. Times are `clock` seconds."""
+
+    default_id: str
+    ttl_s: float
+    min_residency_s: float
+
+    def kept_because(self, e: Entry) -> str | None:
+        """Why `e` must stay whatever the clock says; None if it may go once idle long enough."""
+        if e.state != "resident":
+            return e.state
+        if e.users:
+            return f"in use by {e.users} lease(s)"
+        if e.attached:
+            return "LoRA voices attached: " + ", ".join(sorted(e.attached))
+        if e.dropped:
+            return None  # removed from the catalog: pin and default no longer protect it
+        return self._protected(e)
+
+    def _protected(self, e: Entry) -> str | None:
+        if e.pinned:
+            return "pinned"
+        if e.model_id == self.default_id:
+            return "default model"
+        return None
+
+    def idle_s(self, e: Entry, now: float) -> float:
+        return now - (e.last_used if e.last_used is not None else now)
+
+    def residency_s(self, e: Entry, now: float) -> float:
+        return now - (e.loaded_at if e.loaded_at is not None else now)
+
+    def expired(self, e: Entry, now: float) -> bool:
+        """The evictor's rule: idle past the TTL and resident past the minimum residency."""
+        if self.kept_because(e) is not None:
+            return False
+        if e.dropped:
+            return True
+        return self.idle_s(e, now) > self.ttl_s and self.residency_s(e, now) > self.min_residency_s
+
+    def ttl_remaining_ms(self, e: Entry, now: float) -> int | None:
+        if self.kept_because(e) is not None:
+            return None
+        if e.dropped:
+            return 0
+        ttl_left = self.ttl_s - self.idle_s(e, now)
+        residency_left = self.min_residency_s - self.residency_s(e, now)
+        return max(round(max(ttl_left, residency_left) * 1000), 0)
+
+    def lru_victim(
+        self, entries: Iterable[Entry], now: float, *, honour_min_residency: bool
+    ) -> Entry | None:
+        """The idle model to unload first: dropped ones, then least recently used."""
+        candidates = [
+            e
+            for e in entries
+            if self.kept_because(e) is None
+            and (
+                not honour_min_residency
+                or e.dropped
+                or self.residency_s(e, now) >= self.min_residency_s
+            )
+        ]
+        return min(candidates, key=lambda e: (not e.dropped, e.last_used or 0.0), default=None)
+
+    def why_kept(self, e: Entry, now: float) -> str:
+        """For refusals: one reason per model the cap cannot evict."""
+        reason = self.kept_because(e)
+        if reason is not None:
+            return reason
+        return (
+            f"loaded {self.residency_s(e, now):.1f} s ago, "
+            f"min_residency {self.min_residency_s:.0f} s"
+        )
+
+
+class Residency:
+    """The worker's models under the policy: what each request may do, and what must go first.
+
+    Mutated only from the event loop; `clock` (monotonic) and `wall_clock` (unix) are seconds.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        config: ModelManagerConfig,
+        *,
+        device: str,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.catalog = catalog
+        self.config = config
+        self.device = device  # the worker's setting; shown until a load resolves one
+        self.policy = Policy(
+            config.default_model_id, config.ttl_ms / 1000, config.min_residency_ms / 1000
+        )
+        self.entries: dict[str, Entry] = {meta.model_id: new_entry(meta) for meta in catalog}
+        self._clock = clock
+        self._wall = wall_clock
+
+    # -- lookups that refuse ---------------------------------------------------------------
+
+    def for_use(self, model_id: str) -> Entry:
+        """The entry to load or lease: in the catalog, servable, and a LoRA voice's base too."""
+        meta = self.catalog.get(model_id)  # ModelNotFound with a did-you-mean hint
+        if meta.unavailable:
+            raise FailedPrecondition(
+                f"model {model_id!r} cannot be served by this build: {meta.unavailable}",
+                hint="see docs/models.md",
+            )
+        if meta.base_model is not None and meta.base_model not in self.catalog:
+            raise ModelNotFound(
+                f"LoRA voice {model_id!r} needs base model {meta.base_model!r}, "
+                "which is not in the catalog",
+                hint="add the base model's catalog entry or voicepack",
+            )
+        return self.entries[model_id]
+
+    def existing(self, model_id: str) -> Entry:
+        """The entry to read, pin or unload (a dropped model still in memory included)."""
+        entry = self.entries.get(model_id)
+        if entry is None:
+            self.catalog.get(model_id)  # raises ModelNotFound
+            raise ModelNotFound(f"unknown model {model_id!r}")
+        return entry
+
+    def check_pin(self, entry: Entry) -> None:
+        if entry.state != "resident":
+            raise FailedPrecondition(
+                f"model {entry.model_id!r} is not resident (state: {entry.state})",
+                hint="load it with pin=true instead",
+            )
+
+    def check_unload(self, entry: Entry, *, force: bool) -> None:
+        """An explicit UnloadModel: refused while leased or with voices, even with force."""
+        model_id, voices = entry.model_id, sorted(entry.attached)
+        if entry.state != "resident":
+            raise FailedPrecondition(f"model {model_id!r} is not resident (state: {entry.state})")
+        if entry.users:
+            raise ModelInUse(
+                f"model {model_id!r} is in use (refcount {entry.users})",
+                hint="end the sessions using it first; force does not override this",
+            )
+        if voices:
+            raise FailedPrecondition(
+                f"model {model_id!r} has LoRA voices attached: {', '.join(voices)}",
+                hint=f"unload them first (`duplexctl models unload {voices[0]}`)",
+            )
+        if entry.pinned and not force:
+            raise FailedPrecondition(
+                f"model {model_id!r} is pinned", hint="unpin it first, or unload with force"
+            )
+        if model_id == self.policy.default_id and not force:
+            raise FailedPrecondition(
+                f"model {model_id!r} is the default model", hint="unload with force to do it anyway"
+            )
+
+    def check_admission(self, in_flight: int, *, bounded: bool) -> None:
+        """A new load: "busy" beyond max_parallel_loads running + max_pending_loads waiting,
+        rather than an unbounded queue (startup's preloads are not bounded)."""
+        cfg = self.config
+        if bounded and in_flight >= cfg.max_parallel_loads + cfg.max_pending_loads:
+            raise BusyError(
+                f"{in_flight} model loads in flight (max_parallel_loads="
+                f"{cfg.max_parallel_loads}, max_pending_loads={cfg.max_pending_loads})",
+                hint="retry shortly",
+            )
+
+    # -- making room for a load ------------------------------------------------------------
+
+    def cap_victim(self, entry: Entry) -> Entry | None:
+        """The model to evict before `entry` may load under resident_cap (None: it fits).
+        Honours min residency: a young model is kept. Refuses if nothing may go."""
+        cap, now = self.config.resident_cap, self._clock()
+        if occupancy(self.entries.values()) <= cap:
+            return None
+        victim = self.policy.lru_victim(self.entries.values(), now, honour_min_residency=True)
+        if victim is None:
+            kept = ", ".join(
+                f"{e.model_id} ({self.policy.why_kept(e, now)})"
+                for e in self.entries.values()
+                if e.state == "resident"
+            )
+            raise ResourceExhausted(
+                f"cannot load {entry.model_id}: resident_cap={cap} reached and no model can be "
+                f"evicted: {kept}",
+                hint="end sessions, unpin or unload a model, or raise resident_cap",
+            )
+        return victim
+
+    def memory_victim(self, entry: Entry, measured_free: int) -> Entry | None:
+        """The model to evict before `entry` fits in memory (None: it fits), given the free
+        bytes measured on its device now. Ignores min residency: refusing a load is worse than
+        reloading a young model. Refuses if nothing may go."""
+        device = self.device_for(entry)
+        needed = estimate_bytes(entry.meta, device)
+        # Other loads past this check have not grown the process yet: count their estimates
+        # as taken, or two parallel loads could each see the same free memory.
+        reserved = reserved_bytes(self.entries.values(), device, besides=entry)
+        free = measured_free - self.config.memory_headroom_mb * _MIB - reserved
+        if free >= needed:
+            return None
+        victim = self.policy.lru_victim(
+            self.entries.values(), self._clock(), honour_min_residency=False
+        )
+        if victim is None:
+            raise ResourceExhausted(
+                f"not enough memory on {device} to load {entry.model_id}: needs "
+                f"{needed / _MIB:.0f} MiB, {max(free, 0) / _MIB:.0f} MiB free (after "
+                f"{self.config.memory_headroom_mb} MiB headroom) and no idle model to evict",
+                hint="unload or unpin a model, end sessions, or give the worker more memory",
+            )
+        return victim
+
+    # -- clocks, leases, eviction ----------------------------------------------------------
+
+    def touch(self, entry: Entry) -> None:
+        entry.last_used, entry.last_used_unix = self._clock(), self._wall()
+
+    def take(self, entry: Entry) -> None:
+        """A lease starts: one more user."""
+        entry.refcount += 1
+        self.touch(entry)
+
+    def release(self, entry: Entry) -> None:
+        """A lease ends (the `Lease`'s callback)."""
+        entry.refcount -= 1
+        if entry.refcount == 0:
+            self.touch(entry)  # the idle clock starts now
+
+    def mark_resident(self, entry: Entry, handle: ModelHandle, load_ms: float) -> None:
+        entry.mark_resident(handle, load_ms, self._clock(), self._wall())
+
+    def expired(self, now: float) -> list[Entry]:
+        """The models the evictor unloads now (idle past the TTL, or dropped)."""
+        return [e for e in self.entries.values() if self.policy.expired(e, now)]
+
+    def shutdown_order(self) -> list[Entry]:
+        """LoRA voices first: each keeps its base resident."""
+        return sorted(self.entries.values(), key=lambda e: not e.meta.is_lora)
+
+    # -- LoRA voices and unloads -----------------------------------------------------------
+
+    def attach(self, voice: Entry, base: Entry) -> None:
+        base.attached.add(voice.model_id)  # from here the base cannot be evicted
+
+    def detach(self, voice: Entry) -> None:
+        """A LoRA voice left (or never arrived): its base's idle clock may start."""
+        base = self.entries.get(voice.meta.base_model or "")
+        if base is not None and voice.model_id in base.attached:
+            base.attached.discard(voice.model_id)
+            self.touch(base)
+
+    def unloaded(self, entry: Entry) -> None:
+        """`entry`'s handle is closed: forget it, free its base, drop it if the catalog did."""
+        entry.forget_handle()
+        self.detach(entry)
+        if entry.dropped:
+            self.entries.pop(entry.model_id, None)
+
+    def replace_catalog(self, catalog: Catalog) -> None:
+        """RELOAD: new entries appear, resident ones keep serving, dropped ones go once idle."""
+        self.entries, self.catalog = merge_catalog(self.entries, catalog), catalog
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def device_for(self, entry: Entry) -> str:
+        return entry.device or self.device
+
+    def status(self, e: Entry) -> ModelStatus:
+        meta, device, now = e.meta, self.device_for(e), self._clock()
+        estimate = estimate_bytes(meta, device)
+        measured = e.handle.memory_bytes if e.handle is not None and e.state == "resident" else None
+        return ModelStatus(
+            model_id=meta.model_id,
+            family=meta.family,
+            state=e.state,
+            pinned=e.pinned,
+            is_default=meta.model_id == self.policy.default_id,
+            refcount=e.refcount,
+            last_used_unix=e.last_used_unix,
+            ttl_remaining_ms=self.policy.ttl_remaining_ms(e, now),
+            memory_bytes=estimate if measured is None else measured,
+            estimated_memory_bytes=estimate,
+            load_ms=e.load_ms,
+            loaded_unix=e.loaded_unix,
+            device=device,
+            tags=meta.tags,
+            languages=meta.languages,
+            native_sr=meta.native_sr,
+            unavailable_reason=e.error,
+            base_model=meta.base_model,
+            adapters=tuple(sorted(e.attached)),
+        )
+
+
+def merge_catalog(entries: dict[str, Entry], catalog: Catalog) -> dict[str, Entry]:
+    """Entries for a RELOADed catalog, in its order; then dropped models still in memory.
+
+    Remembered load errors are forgotten: a reload usually follows a fix (pulled weights).
+    """
+    old, fresh = dict(entries), {}
+    for meta in catalog:
+        entry = old.pop(meta.model_id, None) or new_entry(meta)
+        entry.meta, entry.dropped = meta, False
+        if entry.state in ("not_loaded", "unavailable"):
+            entry.state, entry.error = "not_loaded", None
+            if meta.unavailable:
+                entry.state, entry.error = "unavailable", meta.unavailable
+        fresh[meta.model_id] = entry
+    for model_id, entry in old.items():
+        if entry.state in ("loading", "resident", "unloading"):
+            entry.dropped = True
+            fresh[model_id] = entry
+    return fresh
+
+
+def occupancy(entries: Iterable[Entry]) -> int:
+    """What counts against resident_cap: resident models and loads holding a slot. LoRA voices
+    do not count: an adapter is megabytes and shares its base, which counts once."""
+    return sum(
+        not e.meta.is_lora and (e.state == "resident" or (e.state == "loading" and e.load_running))
+        for e in entries
+    )
+
+
+def reserved_bytes(entries: Iterable[Entry], device: str, *, besides: Entry) -> int:
+    """Estimates of the other loads on `device` holding a slot: not in the probe's figure yet."""
+    return sum(
+        estimate_bytes(e.meta, device)
+        for e in entries
+        if e.load_running and e is not besides and (e.device or device) == device
+    )
