@@ -27,6 +27,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from duplexd.aio import TaskSet, cancel_and_wait
 from duplexd.config import RedisConfig, WorkerEndpoint
 from duplexd.errors import AuthError, ConfigError, DaemonUnavailable
 from duplexd.fleet.keys import (
@@ -129,7 +130,7 @@ class RedisRegistry:
         self._watch_task: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
         self._fatal: Exception | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet(log=log, failure_event="registry task failed")
         self._retired: list[TtsApi] = []
         self._backoff = _BACKOFF_MIN_S
 
@@ -157,12 +158,8 @@ class RedisRegistry:
             raise self._fatal
 
     async def aclose(self) -> None:
-        tasks = [t for t in (self._watch_task, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._watch_task)
+        await self._background.cancel_all()
         for client in self._retired:
             await client.aclose()
         self._retired.clear()
@@ -357,6 +354,4 @@ class RedisRegistry:
             await client.aclose()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(coro)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from duplexd.aio import TaskSet, cancel_and_wait
 from duplexd.audio.frames import FRAME_MS
 from duplexd.audio.pcm import dbfs
 from duplexd.errors import DuplexError
@@ -78,7 +78,10 @@ class Session:
         self._out_levels: collections.deque[float] = collections.deque(
             maxlen=_ECHO_WINDOW_MS // FRAME_MS
         )
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(
+            log=log.bind(session_id=self.id), failure_event="session task failed",
+            on_error=self._task_failed,
+        )  # fmt: skip
         self._last_run: asyncio.Task[Any] | None = None  # the latest _run_reply
         self._partials_task: asyncio.Task[Any] | None = None
 
@@ -111,14 +114,8 @@ class Session:
 
     async def aclose(self) -> None:
         await self.speech.aclose()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._partials_task is not None:
-            self._partials_task.cancel()
-        pending = [*self._tasks] + ([self._partials_task] if self._partials_task else [])
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
+        await cancel_and_wait(self._partials_task)
         await self.transcriber.aclose()
         await self.responder.aclose()
         if self.recorder is not None:
@@ -321,16 +318,10 @@ class Session:
         self.out.event(event("state", state=state.value, t_ms=self.listener.stream_ms))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        return self._tasks.spawn(coro)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("session task failed", session_id=self.id, error=repr(exc))
-            self.out.event(event("error", code="internal", message=str(exc), fatal=False))
+    def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        self.out.event(event("error", code="internal", message=str(exc), fatal=False))
 
 
 def _words(text: str) -> int:
