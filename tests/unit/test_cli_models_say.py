@@ -56,7 +56,7 @@ def test_list_shows_the_default_resident_and_the_rest_not_loaded(cli: Invoke) ->
     assert joe[0] == "piper-en-us-joe *"  # the default mark
     assert joe[1:4] == ["piper", "tts-worker@0", "resident"]
     assert joe[-1] == "forever"
-    assert re.fullmatch(r"\d+ MB", joe[-2])
+    assert re.fullmatch(r"\d+(\.\d)? MiB", joe[-2])
     espeak = _row(result.output, "espeak-en")
     assert espeak[3] == "not loaded" and espeak[-1] == "—"
     assert "default model" in result.output

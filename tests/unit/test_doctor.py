@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from duplexctl.cli.doctor import Check, Context, check_configs, run_checks
+from duplexctl.cli.doctor import Check, Context, run_checks
+from duplexctl.cli.doctor_checks import check_configs
 from duplexctl.cli.main import app
 from duplexd.config import repo_root
 

@@ -1,4 +1,4 @@
-"""`duplexctl models pull` (duplexd.tts.pull) against a real local HTTP server: archives, resume,
+"""`duplexctl models pull` (duplexctl.pull) against a real local HTTP server: archives, resume,
 checksums, local sources, unreachable sources, unsafe archives, a fake Hugging Face Hub, the CLI.
 """
 
@@ -23,10 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 from duplexctl.cli.main import app
-from duplexd.errors import BusyError, FailedPrecondition, InvalidArgument
-from duplexd.tts import pull as pull_mod
-from duplexd.tts.catalog import ModelMeta
-from duplexd.tts.pull import (
+from duplexctl.pull import (
     BadArchive,
     ChecksumMismatch,
     PullProgress,
@@ -37,6 +34,9 @@ from duplexd.tts.pull import (
     pull,
     pull_status,
 )
+from duplexctl.pull.install import locked
+from duplexd.errors import BusyError, FailedPrecondition, InvalidArgument
+from duplexd.tts.catalog import ModelMeta
 
 MODEL = "tiny-voice"
 HF_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -286,7 +286,7 @@ def test_an_interrupted_download_resumes_with_a_range_request(
 
     with pytest.raises(SourceUnreachable) as err:
         pull(meta, models_dir)
-    assert "broke off at 0.1 MB" in err.value.message
+    assert "broke off at 146 KiB" in err.value.message
     assert "resume" in (err.value.hint or "") and err.value.exit_code == 8
     part = models_dir / ".partial" / MODEL / "tiny-voice-v1.tar.gz.part"
     assert part.stat().st_size == cut
@@ -464,7 +464,7 @@ def test_a_second_pull_of_the_same_model_is_refused(server: _Server, models_dir:
     server.files["/e.tar.gz"] = _tar_gz(_files())
     lock = models_dir / ".partial" / f"{MODEL}.lock"
     busy = "another `duplexctl models pull tiny-voice`"
-    with pull_mod._locked(lock, MODEL), pytest.raises(BusyError, match=busy):
+    with locked(lock, MODEL), pytest.raises(BusyError, match=busy):
         pull(_meta(f"{server.url}/e.tar.gz"), models_dir)
     pull(_meta(f"{server.url}/e.tar.gz"), models_dir)
     _assert_installed(models_dir)
@@ -636,10 +636,10 @@ def test_cli_resume_from_folder_and_lora_note(
     server.cut_after["/r.tar.gz"] = 200_000
     config = _config(tmp_path, f"{server.url}/r.tar.gz")
     code, _, err = _cli("models", "pull", MODEL, "-c", str(config), models_dir=models_dir)
-    assert code == 8 and "broke off at 0.2 MB" in err and "run the same command again" in err
+    assert code == 8 and "broke off at 195 KiB" in err and "run the same command again" in err
     code, out, err = _cli("models", "pull", MODEL, "-c", str(config), models_dir=models_dir)
     assert code == 0, out + err
-    assert "resuming at 0.2 MB" in err
+    assert "resuming at 195 KiB" in err
     assert "no checksum given to check it against" in out
 
     lora = tmp_path / "lora-files"
@@ -670,7 +670,7 @@ def test_cli_list_without_a_worker_shows_the_local_catalog(
 
 
 def test_the_next_step_names_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from duplexctl.cli import models
+    from duplexctl.cli.models import pulling
 
     requirements = [
         "no-such-dist-for-duplex-tests>=1 ; extra == 'fake'",
@@ -679,5 +679,5 @@ def test_the_next_step_names_a_missing_extra(monkeypatch: pytest.MonkeyPatch) ->
         "another-missing-dist ; extra == 'other'",
     ]
     monkeypatch.setattr("importlib.metadata.requires", lambda _name: requirements)
-    assert models._missing_extra("fake") == ["no-such-dist-for-duplex-tests"]
-    assert models._missing_extra("none") == []
+    assert pulling._missing_extra("fake") == ["no-such-dist-for-duplex-tests"]
+    assert pulling._missing_extra("none") == []

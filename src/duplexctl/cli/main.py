@@ -2,9 +2,9 @@
 
 Adding a group is one line in the "command groups" block at the bottom:
 
-- a group of subcommands (``duplexctl models list``): write ``duplexctl/cli/models.py`` with its
-  own ``app = typer.Typer(help=...)`` and register it with
-  ``app.add_typer(models.app, name="models")``;
+- a group of subcommands (``duplexctl models list``): write ``duplexctl/cli/models.py`` (or a
+  package, as ``duplexctl/cli/models/`` is) with its own ``app = typer.Typer(help=...)`` and
+  register it with ``app.add_typer(models.app, name="models")``;
 - a single command (``duplexctl talk``): write a function in ``duplexctl/cli/talk.py`` and
   register it with ``app.command(name="talk")(talk.talk_command)``.
 

@@ -7,20 +7,33 @@ flags, else from the supervisor's ``state.json``; their JSON logs are tailed fro
 state names. What a single poll cannot tell — latency over time, turn figures since the last
 poll — the poller keeps as history between polls.
 
-Widgets only ever see `Snapshot` objects, so tests build them by hand.
+Widgets only ever see `Snapshot` objects (``views.py``), so tests build them by hand; the
+history the poller keeps between polls is in ``history.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from duplexctl.supervise.state import DaemonRecord, FleetState, StateStore
+from duplexctl.tui.history import LatencySeries, LogTail, TurnTracker, prometheus_samples
+from duplexctl.tui.views import (
+    STAGES,
+    DaemonView,
+    LogLine,
+    ModelView,
+    OrchestratorView,
+    SessionView,
+    Snapshot,
+    TurnBar,
+    WorkerView,
+    unique_names,
+)
 from duplexd.errors import DuplexError
 from duplexd.rpc import tts_pb2 as pb
 
@@ -29,6 +42,7 @@ if TYPE_CHECKING:
 
     from duplexd.rpc.client import TTSClient
 
+# The views are re-exported: `duplexctl.tui.data` is where a Snapshot comes from.
 __all__ = [
     "STAGES",
     "DaemonView",
@@ -43,137 +57,6 @@ __all__ = [
     "WorkerView",
     "unique_names",
 ]
-
-# Turn stages in the order they happen (duplex_orch_turn_ms{stage=...}); their sum is the
-# user-perceived gap from the end of speech to the first audio of the reply.
-STAGES = ("end_of_speech", "asr", "llm_first_text", "tts_first_audio")
-_LOG_KEEP = 1000  # lines kept for the log pane, across all daemons
-_LOG_FIRST_READ = 32_768  # bytes read from the end of a log the first time we see it
-_LOG_MAX_READ = 1 << 20  # a log that grew more than this between polls is skipped ahead
-
-
-# -- what a poll sees --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """One catalog entry on one worker (a `ModelInfo`, with the state as a lower-case word)."""
-
-    id: str
-    family: str = ""
-    state: str = "not_loaded"  # not_loaded | loading | resident | unloading | unavailable
-    refcount: int = 0
-    pinned: bool = False
-    is_default: bool = False
-    last_used_unix: float = 0.0
-    ttl_remaining_ms: int = -1  # -1: not subject to TTL
-    memory_bytes: int = 0
-    load_ms: float = 0.0
-    unavailable_reason: str = ""
-
-    @property
-    def resident(self) -> bool:
-        return self.state == "resident"
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    """A worker's hardware, models and latency; the three series are oldest first."""
-
-    addr: str
-    name: str
-    reachable: bool = True
-    error: str = ""
-    gpu: bool = False
-    device: str = "cpu"
-    mem_total_bytes: int = 0  # VRAM on a GPU, else the machine's RAM
-    mem_used_bytes: int = 0
-    rss_bytes: int = 0
-    started_unix: float = 0.0
-    models: tuple[ModelView, ...] = ()
-    queue_depth: int = 0
-    active_sessions: int = 0
-    rtf: float = 0.0
-    fal_p50_ms: tuple[float, ...] = ()
-    fal_p95_ms: tuple[float, ...] = ()
-    jitter_p95_ms: tuple[float, ...] = ()
-
-    def model(self, model_id: str) -> ModelView | None:
-        return next((m for m in self.models if m.id == model_id), None)
-
-
-@dataclass(frozen=True)
-class DaemonView:
-    """One row of the daemons panel. `note` says why a daemon is not up (its last log line)."""
-
-    name: str
-    kind: str  # worker | orchestrator
-    addr: str
-    health: str  # up | starting | restarting | stopping | unresponsive | down
-    started_unix: float | None = None
-    restarts: int = 0
-    ping_ms: float | None = None
-    note: str = ""  # raw: a JSON log line or an error message
-    supervised: bool = False  # run by `duplexctl up`: restartable from the dashboard
-
-
-@dataclass(frozen=True)
-class SessionView:
-    session_id: str
-    state: str  # listening | speaking | barged_in
-    turn: int = 0
-    model: str = ""
-    worker: str = ""
-    transcript_tail: str = ""
-
-
-@dataclass(frozen=True)
-class TurnBar:
-    """Mean ms per stage (STAGES order) of the turns that ended between two polls."""
-
-    at_unix: float
-    turns: int
-    stages_ms: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class OrchestratorView:
-    addr: str
-    reachable: bool = True
-    error: str = ""
-    sessions: tuple[SessionView, ...] = ()
-    bargein_total: int = 0
-    bargein_p95_ms: float = 0.0
-    turn_p50_ms: float = 0.0
-    turns: tuple[TurnBar, ...] = ()  # oldest first
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One line of a daemon's log, as written (JSON for our daemons); the pane formats it."""
-
-    seq: int  # increases with every line read, so a view can append only what is new
-    daemon: str
-    raw: str
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    taken_unix: float
-    daemons: tuple[DaemonView, ...] = ()
-    workers: tuple[WorkerView, ...] = ()
-    orchestrator: OrchestratorView | None = None
-    logs: tuple[LogLine, ...] = ()
-    supervisor_pid: int | None = None  # the `duplexctl up` supervisor, when one is recorded
-    supervisor_alive: bool = False
-    state_dir: str = ""
-
-    @property
-    def nothing_running(self) -> bool:
-        return not self.daemons
-
-    def worker(self, addr: str) -> WorkerView | None:
-        return next((w for w in self.workers if w.addr == addr), None)
 
 
 # -- where to look -----------------------------------------------------------------------------
@@ -230,10 +113,10 @@ class Poller:
         self.clock = clock
         self._clients: dict[str, TTSClient] = {}
         self._http: httpx.AsyncClient | None = None
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, LatencySeries] = {}
         self._history = history
-        self._turns = _TurnTracker()
-        self._logs = _LogTail()
+        self._turns = TurnTracker()
+        self._logs = LogTail()
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -328,7 +211,7 @@ class Poller:
     def _orchestrator_view(
         self, addr: str, status: Mapping[str, Any], metrics_text: str
     ) -> OrchestratorView:
-        samples = _prometheus_samples(metrics_text)
+        samples = prometheus_samples(metrics_text)
         return OrchestratorView(
             addr=addr,
             sessions=tuple(_session_view(s) for s in status.get("sessions", [])),
@@ -341,32 +224,8 @@ class Poller:
     def _with_history(self, view: WorkerView) -> WorkerView:
         if not view.reachable:
             return view
-        series = self._series.setdefault(view.addr, _Series(self._history))
+        series = self._series.setdefault(view.addr, LatencySeries(self._history))
         return series.add(view)
-
-
-class _Series:
-    """A worker's latency figures over the last `keep` polls."""
-
-    def __init__(self, keep: int) -> None:
-        self.p50: deque[float] = deque(maxlen=keep)
-        self.p95: deque[float] = deque(maxlen=keep)
-        self.jitter: deque[float] = deque(maxlen=keep)
-
-    def add(self, view: WorkerView) -> WorkerView:
-        """Record the view's latest figures; the view back with the whole history."""
-        for values, new in (
-            (self.p50, view.fal_p50_ms),
-            (self.p95, view.fal_p95_ms),
-            (self.jitter, view.jitter_p95_ms),
-        ):
-            values.append(new[-1] if new else 0.0)
-        return replace(
-            view,
-            fal_p50_ms=tuple(self.p50),
-            fal_p95_ms=tuple(self.p95),
-            jitter_p95_ms=tuple(self.jitter),
-        )
 
 
 # -- turning answers into views ----------------------------------------------------------------
@@ -378,15 +237,6 @@ def _failed(target: _Target, error: str) -> _Probe:
     if target.kind == "worker":
         return _Probe(False, error=error, worker=WorkerView(target.addr, name, False, error))
     return _Probe(False, error=error, orchestrator=OrchestratorView(target.addr, False, error))
-
-
-_Named = TypeVar("_Named", WorkerView, DaemonView)
-
-
-def unique_names(views: Sequence[_Named]) -> list[_Named]:
-    """Workers started by hand all call themselves tts-worker@0: name those by address too."""
-    counts = Counter(v.name for v in views)
-    return [replace(v, name=f"{v.name} ({v.addr})") if counts[v.name] > 1 else v for v in views]
 
 
 def _worker_view(addr: str, cap: pb.GetCapResp, models: pb.ListModelsResp) -> WorkerView:
@@ -479,89 +329,3 @@ def _last_log_line(record: DaemonRecord | None) -> str:
 
     lines = [ln for ln in log_tail(record.log, 5).splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-# -- Prometheus ---------------------------------------------------------------------------------
-
-
-def _prometheus_samples(text: str) -> dict[tuple[str, str], float]:
-    """(sample name, the `stage` or `step` label) -> value; buckets are skipped."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if not s.name.endswith("_bucket"):
-                out[s.name, s.labels.get("stage") or s.labels.get("step") or ""] = s.value
-    return out
-
-
-class _TurnTracker:
-    """Recent per-stage means from the turn histograms' sum/count deltas between polls."""
-
-    def __init__(self, keep: int = 8) -> None:
-        self._last: dict[str, tuple[float, float]] | None = None
-        self._bars: deque[TurnBar] = deque(maxlen=keep)
-
-    def update(self, samples: Mapping[tuple[str, str], float], now: float) -> tuple[TurnBar, ...]:
-        current = {
-            st: (
-                samples.get(("duplex_orch_turn_ms_sum", st), 0.0),
-                samples.get(("duplex_orch_turn_ms_count", st), 0.0),
-            )
-            for st in STAGES
-        }
-        last = self._last or {st: (0.0, 0.0) for st in STAGES}
-        if any(current[st][1] < last[st][1] for st in STAGES):  # the orchestrator restarted
-            last = {st: (0.0, 0.0) for st in STAGES}
-        self._last = current
-        means, turns = [], 0
-        for st in STAGES:
-            d_sum, d_count = current[st][0] - last[st][0], current[st][1] - last[st][1]
-            means.append(d_sum / d_count if d_count else 0.0)
-            turns = max(turns, int(d_count))
-        if turns:
-            self._bars.append(TurnBar(now, turns, tuple(means)))
-        return tuple(self._bars)
-
-
-# -- logs ---------------------------------------------------------------------------------------
-
-
-class _LogTail:
-    """Reads what each daemon log gained since the last poll (from near its end at first)."""
-
-    def __init__(self) -> None:
-        self._offsets: dict[Path, int] = {}
-        self._lines: deque[LogLine] = deque(maxlen=_LOG_KEEP)
-        self._seq = 0
-
-    def read(self, files: Mapping[str, Path]) -> tuple[LogLine, ...]:
-        for name, path in files.items():
-            for raw in self._new_lines(path):
-                self._seq += 1
-                self._lines.append(LogLine(self._seq, name, raw))
-        return tuple(self._lines)
-
-    def _new_lines(self, path: Path) -> list[str]:
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return []
-        offset = self._offsets.get(path)
-        if offset is None or size - offset > _LOG_MAX_READ:
-            offset = max(size - (_LOG_FIRST_READ if offset is None else _LOG_MAX_READ), 0)
-            mid_line = offset > 0
-        else:
-            mid_line = False
-        if size < offset:  # truncated or replaced: start over
-            offset, mid_line = 0, False
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size - offset)
-        if mid_line:  # we jumped into the middle of a line: drop its tail
-            cut = data.find(b"\n") + 1
-            data, offset = data[cut:], offset + cut
-        complete = data.rfind(b"\n") + 1  # a half-written last line waits for the next poll
-        self._offsets[path] = offset + complete
-        return data[:complete].decode(errors="replace").splitlines()

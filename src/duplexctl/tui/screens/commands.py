@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from duplexctl.tui.data import ModelView, Snapshot
+from duplexctl.tui.views import ModelView, Snapshot
 
 __all__ = ["DaemonCommands", "Dashboard", "ModelCommands"]
 

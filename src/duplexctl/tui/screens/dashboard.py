@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,9 +20,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
 
-from duplexctl.tui.data import Poller, Snapshot
+from duplexctl.tui.data import Poller
 from duplexctl.tui.screens.commands import DaemonCommands, ModelCommands
 from duplexctl.tui.screens.confirm import ConfirmScreen
+from duplexctl.tui.views import Snapshot
 from duplexctl.tui.widgets.activity import ActivityBar
 from duplexctl.tui.widgets.daemons import DaemonsPanel
 from duplexctl.tui.widgets.empty import NothingRunning
@@ -35,15 +36,31 @@ from duplexctl.tui.widgets.sessions import SessionsPanel
 from duplexd.errors import DuplexError
 
 if TYPE_CHECKING:
-    from duplexctl.tui.app import DaemonControl
     from duplexd.rpc import tts_pb2 as pb
 
-__all__ = ["DashScreen"]
+__all__ = ["DashScreen", "FleetControl"]
 
 _DAEMON_QUESTIONS = {
     "stop": "Stop every daemon (duplexctl down)? Live sessions end.",
     "restart_all": "Restart every daemon (duplexctl down, then up --detach)? Live sessions end.",
 }
+
+
+class FleetControl(Protocol):
+    """What the daemon actions need: start, stop and restart the fleet or one daemon.
+
+    Each answers (succeeded, a message for the notification). The app passes its own
+    (`duplexctl.tui.app.DaemonControl`); the protocol lives here, with its one user, so that
+    no screen imports the app.
+    """
+
+    async def start(self) -> tuple[bool, str]: ...
+
+    async def stop(self) -> tuple[bool, str]: ...
+
+    async def restart_all(self) -> tuple[bool, str]: ...
+
+    def restart(self, name: str) -> tuple[bool, str]: ...
 
 
 class DashScreen(Screen[None]):
@@ -62,7 +79,7 @@ class DashScreen(Screen[None]):
         self,
         *,
         poller: Poller | None,
-        control: DaemonControl | None,
+        control: FleetControl | None,
         snapshot: Snapshot | None = None,
         interval_s: float = 0.5,
         clock: Callable[[], float],
@@ -256,7 +273,7 @@ class DashScreen(Screen[None]):
 
 
 def _freed(resp: pb.UnloadModelResp) -> str:
-    from duplexctl.tui.widgets.format import human_bytes
+    from duplexctl.format import human_bytes
 
     return f" (freed {human_bytes(resp.freed_bytes)})" if resp.freed_bytes else ""
 

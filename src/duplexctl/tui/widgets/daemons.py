@@ -6,9 +6,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable
 
-from duplexctl.tui.data import DaemonView, Snapshot
+from duplexctl.format import duration
+from duplexctl.tui.views import DaemonView, Snapshot
 from duplexctl.tui.widgets.body import Body
-from duplexctl.tui.widgets.format import duration, format_log, ms
+from duplexctl.tui.widgets.format import format_log, ms
 from duplexctl.tui.widgets.panel import Panel, cursor_key, sync_table
 
 __all__ = ["DaemonsPanel"]

@@ -1,4 +1,4 @@
-"""Text and small renderables the panels share: sizes, durations, bars, sparklines, log lines.
+"""Text and small renderables the panels share: times, bars, sparklines, log lines.
 
 `Bar` and `Spark` are Rich renderables that fill whatever width they are given, so a panel
 lays them out in a grid column and never computes widths itself.
@@ -15,6 +15,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
 
+from duplexctl.format import duration
+
 __all__ = [
     "LEVELS",
     "PALETTE",
@@ -24,9 +26,7 @@ __all__ = [
     "Tail",
     "ago",
     "countdown",
-    "duration",
     "format_log",
-    "human_bytes",
     "ms",
 ]
 
@@ -35,24 +35,6 @@ PALETTE = ("dodger_blue1", "medium_purple1", "dark_orange", "spring_green2", "go
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _LEVEL_STYLES = {"debug": "dim", "warning": "yellow", "error": "bold red", "critical": "bold red"}
 _BLOCKS = " ▁▂▃▄▅▆▇█"
-
-
-def human_bytes(n: float) -> str:
-    """1.2 GiB, 117 MiB, 8.0 MiB: three significant figures at most."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def duration(seconds: float) -> str:
-    """4s, 4m05s, 2h03m, 3d04h: two units at most, like `duplexctl status`."""
-    s = max(int(seconds), 0)
-    for size, unit, small, small_size in ((86400, "d", "h", 3600), (3600, "h", "m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}{(s % size) // small_size:02d}{small}"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def ago(moment: float, now: float) -> str:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 
-from duplexctl.tui.data import STAGES, OrchestratorView, Snapshot, TurnBar, WorkerView
+from duplexctl.tui.views import STAGES, OrchestratorView, Snapshot, TurnBar, WorkerView
 from duplexctl.tui.widgets.body import Body
 from duplexctl.tui.widgets.format import PALETTE, Bar, Spark, ago, ms
 from duplexctl.tui.widgets.panel import Panel

@@ -9,7 +9,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Input, RichLog
 
-from duplexctl.tui.data import LogLine, Snapshot
+from duplexctl.tui.views import LogLine, Snapshot
 from duplexctl.tui.widgets.format import LEVELS, FormattedLog, format_log
 from duplexctl.tui.widgets.panel import Panel
 

@@ -9,9 +9,10 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 
-from duplexctl.tui.data import Snapshot, WorkerView
+from duplexctl.format import human_bytes
+from duplexctl.tui.views import Snapshot, WorkerView
 from duplexctl.tui.widgets.body import Body
-from duplexctl.tui.widgets.format import PALETTE, Bar, human_bytes
+from duplexctl.tui.widgets.format import PALETTE, Bar
 from duplexctl.tui.widgets.panel import Panel
 
 __all__ = ["MemoryPanel"]

@@ -11,8 +11,9 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import DataTable
 
-from duplexctl.tui.data import ModelView, Snapshot, WorkerView
-from duplexctl.tui.widgets.format import ago, countdown, human_bytes, ms
+from duplexctl.format import human_bytes
+from duplexctl.tui.views import ModelView, Snapshot, WorkerView
+from duplexctl.tui.widgets.format import ago, countdown, ms
 from duplexctl.tui.widgets.panel import Panel, cursor_key, sync_table
 
 __all__ = ["VERBS", "ModelsPanel", "model_state"]

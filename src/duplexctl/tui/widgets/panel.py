@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from duplexctl.tui.data import Snapshot
+from duplexctl.tui.views import Snapshot
 
 __all__ = ["Panel", "cursor_key", "sync_table"]
 

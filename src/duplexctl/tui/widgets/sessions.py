@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 
-from duplexctl.tui.data import SessionView, Snapshot
+from duplexctl.tui.views import SessionView, Snapshot
 from duplexctl.tui.widgets.body import Body
 from duplexctl.tui.widgets.format import Tail
 from duplexctl.tui.widgets.panel import Panel
