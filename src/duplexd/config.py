@@ -175,6 +175,12 @@ class ServerConfig(_Section):
     port: int = Field(
         8080, ge=0, le=65535, description="one port: /ws, /healthz, /status, /metrics"
     )
+    shutdown_grace_s: float = Field(
+        3.0,
+        gt=0,
+        description="on SIGTERM/Ctrl-C: time to tell open sessions the orchestrator is going "
+        "away (WebSocket close 1001), close them and exit; below `duplexctl down`'s 5 s kill",
+    )
 
 
 class TransportConfig(_Section):
@@ -217,6 +223,31 @@ class TurnConfig(_Section):
     min_barge_in_words: int = Field(1, ge=1, description="words that make an interruption real")
     echo_guard: bool = Field(True, description="ignore onsets that match the bot's own echo")
     echo_guard_db: float = Field(6.0, description="mic must exceed playback echo by this much")
+    end_of_turn: Literal["smart-turn", "silence"] = Field(
+        "smart-turn",
+        description="how a turn ends: smart-turn (audio model, falls back to silence with a "
+        "warning when it cannot load) | silence (end_of_turn_silence_ms, the baseline)",
+    )
+    smart_turn_model: Path | None = Field(
+        None, description="Smart Turn ONNX file (default: the one in the pipecat-ai wheel)"
+    )
+    smart_turn_threshold: float = Field(
+        0.5, gt=0, lt=1, description="probability above which the turn is complete"
+    )
+    smart_turn_ask_after_ms: int = Field(
+        200, ge=40, description="silence before the model is first asked"
+    )
+    smart_turn_reask_ms: int = Field(
+        200, ge=20, description="when it says 'not done', ask again after this much more silence"
+    )
+    smart_turn_max_silence_ms: int = Field(
+        900, ge=100, description="the turn ends after this much silence, whatever the model says"
+    )
+    speculate: bool = Field(
+        True,
+        description="start the reply (LLM + synthesis, audio held back) at the first pause, "
+        "before the turn is confirmed; dropped if the user goes on",
+    )
 
 
 class RoutingConfig(_Section):

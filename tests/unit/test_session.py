@@ -16,7 +16,13 @@ import pytest
 import pytest_asyncio
 
 from duplexd.config import OrchestratorConfig, TurnConfig, WorkerEndpoint
-from duplexd.devkit.fakes import FakeTranscriber, FakeTTS, FakeVAD, RecordingTransport
+from duplexd.devkit.fakes import (
+    FakeEndOfTurn,
+    FakeTranscriber,
+    FakeTTS,
+    FakeVAD,
+    RecordingTransport,
+)
 from duplexd.orchestrator.deps import SessionDeps
 from duplexd.orchestrator.llm import BuiltinResponder
 from duplexd.orchestrator.protocol import Hello
@@ -64,7 +70,7 @@ class Rig:
 
     async def until(self, pred: Callable[[], bool], timeout_s: float = 3.0) -> None:
         async with asyncio.timeout(timeout_s):
-            while not pred():
+            while not pred():  # noqa: ASYNC110  # polls a condition on a fake, not an event
                 await asyncio.sleep(0.001)
 
     def events(self, kind: str) -> list[dict[str, object]]:
@@ -85,10 +91,14 @@ async def rig_factory() -> AsyncIterator[Make]:
         aec: bool = True,
         frames_per_unit: int = 5,
         end_of_turn_ms: int = 100,
+        speculate: bool = False,
+        model: FakeEndOfTurn | None = None,
     ) -> Rig:
         fakes = [FakeTTS(f"w{i}", frames_per_unit=frames_per_unit) for i in range(workers)]
         config = OrchestratorConfig(
-            turn=TurnConfig(end_of_turn_silence_ms=end_of_turn_ms, false_interruption_ms=30),
+            turn=TurnConfig(
+                end_of_turn_silence_ms=end_of_turn_ms, false_interruption_ms=30, speculate=speculate
+            ),
             workers=[WorkerEndpoint(name=f.name, addr=f.addr) for f in fakes],
         )
         by_addr = {f.addr: f for f in fakes}
@@ -98,6 +108,7 @@ async def rig_factory() -> AsyncIterator[Make]:
         deps = SessionDeps(
             config=config, registry=registry, policy=RoutingPolicy(), telemetry=OrchTelemetry(),
             vad=lambda: vad, transcriber=lambda: asr, responder=lambda hello: BuiltinResponder(),
+            end_of_turn=model,
         )  # fmt: skip
         transport = RecordingTransport()
         outbox = Outbox(transport)
@@ -229,3 +240,71 @@ async def test_worker_death_rebinds_at_the_next_turn(rig_factory: Make) -> None:
     await rig.until(lambda: len(rig.events("turn")) >= 2)
     assert session.tts is not None and session.tts.worker == other.name
     assert other.frames_sent > 0
+
+
+# -- semantic end of turn and speculative replies (issue 17) ---------------------------------
+
+
+async def test_speculative_reply_is_held_until_the_turn_is_confirmed(rig_factory: Make) -> None:
+    rig = await rig_factory(texts=("what time is it",), speculate=True, end_of_turn_ms=300)
+    tts = rig.workers[0]
+    start = rig.now_ms
+    rig.vad.speak(start, start + 400)
+    rig.feed(500)  # 100 ms of pause: the speculative reply starts
+    await rig.until(lambda: tts.frames_sent > 0)  # the worker is already speaking it ...
+    await rig.settle()
+    assert rig.transport.audio == [] and not rig.events("reply")  # ... but nothing is heard
+    rig.feed(240)  # 300 ms of silence: the turn is confirmed
+    await rig.until(lambda: bool(rig.events("turn")))
+    await rig.settle()
+    latency = rig.events("latency")[0]
+    assert latency["speculative"] is True and latency["end_of_turn"] == "silence"
+    assert latency["speculations_discarded"] == 0
+    assert rig.transport.audio and len(tts.streams) == 1  # the held stream, not a second one
+    assert [m.content for m in rig.session.history][:1] == ["what time is it"]
+
+
+async def test_speculation_is_dropped_when_the_user_goes_on(rig_factory: Make) -> None:
+    rig = await rig_factory(
+        texts=("I'd like to book a table for two people",), speculate=True, end_of_turn_ms=400
+    )
+    tts = rig.workers[0]
+    rig.asr.texts.insert(0, "I'd like to book a table for")  # what the pause decodes to
+    start = rig.now_ms
+    rig.vad.speak(start, start + 400)
+    rig.vad.speak(start + 700, start + 1000)  # a 300 ms mid-sentence pause
+    rig.feed(600)
+    await rig.until(lambda: tts.frames_sent > 0)  # speculating on the unfinished sentence
+    rig.asr.texts.pop(0)  # the user goes on: the full sentence is what gets committed
+    rig.feed(200)
+    await rig.until(lambda: "STOP" in tts.commands())  # the speculative synthesis is stopped
+    assert rig.transport.audio == []
+    rig.feed(700)  # the rest of the sentence and 400 ms of silence after it
+    await rig.until(lambda: bool(rig.events("turn")))
+    await rig.settle()
+    latency = rig.events("latency")[0]
+    assert latency["speculations_discarded"] == 1 and latency["speculative"] is False
+    users = [m.content for m in rig.session.history if m.role == "user"]
+    assert users == ["I'd like to book a table for two people"]
+    assert "two people" in str(rig.events("turn")[0]["reply_text"])
+
+
+async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Make) -> None:
+    model = FakeEndOfTurn([False, True])  # "not done" at 200 ms, "complete" at 400 ms
+    rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
+    start = rig.now_ms
+    rig.vad.speak(start, start + 300)
+    rig.feed(300)
+    for _ in range(25):  # silence, one frame at a time, letting decisions land
+        rig.session.on_audio(FRAME)
+        await rig.settle()
+        if rig.events("turn") or not rig.session.listener.user_speaking:
+            break
+    await rig.until(lambda: bool(rig.events("turn")))
+    await rig.settle()
+    assert len(model.asked_ms) == 2  # asked, told "not done", asked again 200 ms later
+    latency = rig.events("latency")[0]
+    assert latency["end_of_turn"] == "model" and latency["eot_model_ms"] == 1.0
+    assert latency["speculations_discarded"] == 1  # "not done" dropped the first speculation
+    end_of_speech = latency["end_of_speech_ms"]
+    assert isinstance(end_of_speech, float) and end_of_speech < 900  # before max silence

@@ -190,6 +190,19 @@ class StreamingTranscriber:
         self._reset_utterance()
         return Transcript("", None, True, 0.0, 0.0)
 
+    async def peek_final(self) -> Transcript:
+        """The speculative final decode started by `begin_final`, without ending the utterance.
+
+        Raises RuntimeError when it is abandoned (`cancel`/`reset`: the user went on) or none
+        is running."""
+        final = self._final
+        if final is None:
+            raise RuntimeError("no speculative final is running")
+        await asyncio.wait({final.task})
+        if final.task.cancelled() or final is not self._final:
+            raise RuntimeError("the speculative final was abandoned")
+        return replace(final.task.result(), is_final=True)
+
     async def finalize(self) -> Transcript:
         """Decode the whole utterance once and end it."""
         return await self.commit()

@@ -12,6 +12,8 @@ session's own logic observable.
   `begin_final`, `cancel`, `reset` and `commit` calls; can publish a partial.
 - `FakeTTS`: a worker client that streams 20 ms frames for the text it is sent, honours
   PAUSE / RESUME / STOP at once and records them, and can be told to die (`die()`).
+- `FakeEndOfTurn`: answers "complete" or "not done" from a script, recording the audio
+  length it was shown each time.
 - `RecordingTransport`: keeps every event and audio message a session sends.
 """
 
@@ -30,10 +32,11 @@ from duplexd.asr import Transcript
 from duplexd.audio.frames import FRAME_MS
 from duplexd.audio.pcm import Int16Array
 from duplexd.errors import DaemonUnavailable, DuplexError
+from duplexd.orchestrator.endofturn import Decision
 from duplexd.rpc import tts_pb2 as pb
 from duplexd.vad import VADEvent
 
-__all__ = ["FakeTTS", "FakeTranscriber", "FakeVAD", "RecordingTransport"]
+__all__ = ["FakeEndOfTurn", "FakeTTS", "FakeTranscriber", "FakeVAD", "RecordingTransport"]
 
 _VAD_RATE = 16_000
 _OUT_SAMPLES = 48_000 * FRAME_MS // 1000
@@ -113,6 +116,16 @@ class FakeTranscriber:
         """A partial decode of the current utterance, as the real transcriber posts them."""
         self.partials.put_nowait(Transcript(text, "en", False, self.fed_ms, 1.0))
 
+    async def peek_final(self) -> Transcript:
+        """The text the next commit will return, if nothing changes (a speculative final)."""
+        if self.calls[-1:] != ["begin_final"]:
+            raise RuntimeError("no speculative final is running")
+        self.calls.append("peek_final")
+        await asyncio.sleep(0)
+        if "cancel" in self.calls[-2:] or "reset" in self.calls[-2:]:
+            raise RuntimeError("the speculative final was abandoned")
+        return Transcript(self.texts[0] if self.texts else "", "en", True, self.fed_ms, 1.0)
+
     async def commit(self) -> Transcript:
         self.calls.append("commit")
         await asyncio.sleep(0)  # a decode result arrives on a later loop turn
@@ -135,7 +148,7 @@ class _Stream:
     frames: int = 0
     _task: asyncio.Task[None] | None = None
     _queue: asyncio.Queue[pb.AudioFrame | BaseException | None] = field(
-        default_factory=lambda: asyncio.Queue()
+        default_factory=asyncio.Queue
     )
 
     def __aiter__(self) -> AsyncIterator[pb.AudioFrame]:
@@ -249,9 +262,7 @@ class FakeTTS:
                                    sample_rate=48_000, frame_ms=FRAME_MS,
                                    worker_name=self.name)  # fmt: skip
 
-    def open_stream(
-        self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]
-    ) -> _Stream:
+    def open_stream(self, chunks: AsyncIterable[pb.TextChunk] | Iterable[pb.TextChunk]) -> _Stream:
         self.state = "idle"
         stream = _Stream(self, chunks)
         self.streams.append(stream)
@@ -296,6 +307,22 @@ class FakeTTS:
     def _info(self) -> pb.ModelInfo:
         return pb.ModelInfo(id=self.model_id, family="fake", state=pb.RESIDENT, resident=True,
                             is_default=True, languages=["en"])  # fmt: skip
+
+
+class FakeEndOfTurn:
+    """An `EndOfTurn` whose answers are scripted (True = complete); then always complete."""
+
+    name = "fake"
+
+    def __init__(self, answers: Iterable[bool] = ()) -> None:
+        self.answers = list(answers)
+        self.asked_ms: list[float] = []  # the turn audio's length at each question
+
+    async def decide(self, audio: Int16Array) -> Decision:
+        self.asked_ms.append(len(audio) * 1000 / _VAD_RATE)
+        await asyncio.sleep(0)  # answered on a later loop turn, as from the decision thread
+        complete = self.answers.pop(0) if self.answers else True
+        return Decision(complete, 0.9 if complete else 0.1, 1.0)
 
 
 class RecordingTransport:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,6 +25,7 @@ from duplexd.rpc import tts_pb2 as pb
 from duplexd.vad import VADEvent, VADParams, create_vad
 
 if TYPE_CHECKING:
+    from duplexd.orchestrator.endofturn import EndOfTurn
     from duplexd.orchestrator.registry import Registry
     from duplexd.orchestrator.routing import RoutingPolicy
     from duplexd.orchestrator.telemetry import OrchTelemetry
@@ -68,6 +69,8 @@ class Transcriber(Protocol):
     def reset(self) -> None: ...
 
     async def commit(self) -> Transcript: ...
+
+    async def peek_final(self) -> Transcript: ...
 
     async def aclose(self) -> None: ...
 
@@ -129,6 +132,10 @@ class SessionDeps:
     clock: Clock = time.perf_counter
     recorder: Callable[[str, int], Recorder | None] | None = None
     """(session id, mic sample rate) -> a recorder, or None to record nothing."""
+    end_of_turn: EndOfTurn | None = None
+    """The end-of-turn model every session shares; None: the fixed-silence rule."""
+    warnings: list[str] = field(default_factory=list)
+    """Degraded but serving (e.g. the end-of-turn model fell back): shown in /status."""
 
     @classmethod
     def production(
@@ -138,6 +145,7 @@ class SessionDeps:
         registry: Registry,
         policy: RoutingPolicy,
         telemetry: OrchTelemetry,
+        end_of_turn: EndOfTurn | None = None,
     ) -> SessionDeps:
         """The daemon's wiring: real VAD, Whisper transcriber, responders and recorder."""
         cfg = config
@@ -169,4 +177,5 @@ class SessionDeps:
             ),
             responder=responder,
             recorder=(lambda sid, rate: Recorder(record_dir, sid, rate)) if record_dir else None,
+            end_of_turn=end_of_turn,
         )

@@ -1,23 +1,30 @@
 """The listening path of a session: mic frames → VAD → transcriber, and the end of the turn.
 
 Per 20 ms frame: resample to 16 kHz, keep a pre-roll (the VAD knows about speech only after
-`min_speech_ms`, so the words before the onset come from here), run the VAD, and while the user
-speaks feed the transcriber and count silence.
+`min_speech_ms`, so the words before the onset come from here, with `PREROLL_PAD_MS` more so
+the first word's attack survives), run the VAD, and while the user speaks feed the
+transcriber, keep the turn's audio (for the end-of-turn model) and count silence.
 
 End of turn: at the first silent windows after speech (`SPECULATE_AFTER_MS`) the final decode
-starts speculatively and the trailing silence is held back, so when `end_of_turn_silence_ms`
-has passed the transcript is usually ready. If the user speaks again the speculation is
-dropped and the held silence is fed as ordinary audio.
+starts speculatively, the trailing silence is held back and `on_pause` tells the session (which
+may start a speculative reply). Then either
+- `silence` rule: the turn ends after `end_of_turn_silence_ms`; or
+- Smart Turn (endofturn.py): at `smart_turn_ask_after_ms` the model is asked; "complete" ends
+  the turn at once, "not done" keeps listening (and `on_not_done` tells the session) and asks
+  again every `smart_turn_reask_ms`; at `smart_turn_max_silence_ms` the turn ends anyway.
+If the user speaks again, all of it is dropped: the speculative final, any decision in flight
+(a generation counter), and `on_resume` tells the session; the held silence is fed as audio.
 
 The listener decides nothing about replies: it reports VAD events (`on_vad`), onsets
-(`on_onset`, which may barge in, and answers False for an onset to ignore: our own echo) and
-the end of a turn (`on_end_of_turn`) to its session.
+(`on_onset`, which may barge in, and answers False for an onset to ignore: our own echo), the
+pause, resume and end of a turn to its session.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 
@@ -26,17 +33,24 @@ from duplexd.audio.frames import ASR_SAMPLE_RATE, FRAME_MS
 from duplexd.audio.pcm import Int16Array, dbfs, rms
 from duplexd.audio.resample import StreamResampler
 from duplexd.config import OrchestratorConfig
+from duplexd.logging import get_logger
 from duplexd.orchestrator.deps import Clock, Transcriber, Vad
+from duplexd.orchestrator.endofturn import MAX_AUDIO_S, EndOfTurn
+from duplexd.orchestrator.telemetry import OrchTelemetry
 from duplexd.orchestrator.turn import TurnTimes
 
-__all__ = ["PREROLL_MS", "SPECULATE_AFTER_MS", "Listener"]
+__all__ = ["PREROLL_MS", "PREROLL_PAD_MS", "SPECULATE_AFTER_MS", "Listener"]
+
+log = get_logger("duplexd.orchestrator.listening")
 
 SPECULATE_AFTER_MS = 64  # two Silero windows of silence: start the final decode
-PREROLL_MS = 600  # audio kept before a VAD onset (onset is detected after speech starts)
+PREROLL_MS = 800  # audio kept before a VAD onset (onset is detected after speech starts)
+PREROLL_PAD_MS = 200  # fed from before the VAD's speech start: the first word's attack
 
 OnVad = Callable[[str, int], None]  # (kind, stream ms)
 OnOnset = Callable[[int, float, float], bool]  # (speech_start_ms, now, mic dBFS) -> heed it
 OnEndOfTurn = Callable[[TurnTimes], None]
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Listener:
@@ -51,10 +65,25 @@ class Listener:
         on_vad: OnVad,
         on_onset: OnOnset,
         on_end_of_turn: OnEndOfTurn,
+        on_pause: Callable[[], None] = lambda: None,
+        on_resume: Callable[[], None] = lambda: None,
+        on_not_done: Callable[[], None] = lambda: None,
+        end_of_turn: EndOfTurn | None = None,
+        telemetry: OrchTelemetry | None = None,
+        spawn: Spawn,
     ) -> None:
         self.cfg = config
         self.vad, self.transcriber, self.clock = vad, transcriber, clock
         self.on_vad, self.on_onset, self.on_end_of_turn = on_vad, on_onset, on_end_of_turn
+        self.on_pause, self.on_resume, self.on_not_done = on_pause, on_resume, on_not_done
+        self.end_of_turn, self.telemetry = end_of_turn, telemetry
+        self.spawn = spawn
+        self._turn_audio: collections.deque[Int16Array] = collections.deque()
+        self._turn_samples = 0
+        self._generation = 0  # bumped when speech resumes: a decision in flight is stale
+        self._asked_at_ms: int | None = None  # silence_ms at the last question to the model
+        self._deciding = False
+        self.last_decision_ms: float | None = None
         self._resampler = (
             StreamResampler(input_rate, ASR_SAMPLE_RATE) if input_rate != ASR_SAMPLE_RATE else None
         )
@@ -96,7 +125,12 @@ class Listener:
     def forget_utterance(self) -> None:
         """Drop what was heard (a false interruption: a cough, our own echo)."""
         self.user_speaking, self._holding = False, None
+        self._generation += 1
         self.transcriber.reset()
+
+    async def speculative_transcript(self) -> Transcript:
+        """The speculative final decode running since the pause (the utterance goes on)."""
+        return await self.transcriber.peek_final()
 
     async def commit(self) -> Transcript:
         """The final transcript of the utterance that just ended."""
@@ -105,18 +139,34 @@ class Listener:
     def _begin_utterance(self, speech_start_ms: int) -> None:
         self.user_speaking = True
         self._silence_since, self._silence_ms, self._holding = None, 0, None
+        self._generation += 1
+        self._asked_at_ms = None
         self.transcriber.reset()
-        back = max(self.stream_ms - speech_start_ms, FRAME_MS) // FRAME_MS + 2
+        self._turn_audio.clear()
+        self._turn_samples = 0
+        back = (max(self.stream_ms - speech_start_ms, FRAME_MS) + PREROLL_PAD_MS) // FRAME_MS + 1
         for chunk in list(self._preroll)[-back:]:
             self.transcriber.feed(chunk)
+            self._keep(chunk)
+
+    def _keep(self, x: Int16Array) -> None:
+        """The turn's audio for the end-of-turn model: its last MAX_AUDIO_S seconds."""
+        self._turn_audio.append(x)
+        self._turn_samples += len(x)
+        while self._turn_samples - len(self._turn_audio[0]) >= MAX_AUDIO_S * ASR_SAMPLE_RATE:
+            self._turn_samples -= len(self._turn_audio.popleft())
 
     def _track_silence(self, x: Int16Array, now: float) -> None:
+        self._keep(x)
         speech = self.vad.last_probability >= self.cfg.vad.threshold
         if speech:
             if self._holding is not None:  # spoke again: drop the speculative final
                 self.transcriber.cancel()
                 for chunk in self._holding:
                     self.transcriber.feed(chunk)
+                self._generation += 1  # a decision in flight answers a question now stale
+                self._asked_at_ms = None
+                self.on_resume()
             self._silence_since, self._silence_ms, self._holding = None, 0, None
             self.transcriber.feed(x)
             return
@@ -130,6 +180,55 @@ class Listener:
             if self._silence_ms >= SPECULATE_AFTER_MS:
                 self.transcriber.begin_final()
                 self._holding = []
-        if self._silence_ms >= self.cfg.turn.end_of_turn_silence_ms:
-            self.user_speaking = False
-            self.on_end_of_turn(TurnTimes(speech_end=self._silence_since, endpoint=now))
+                self.on_pause()
+        turn = self.cfg.turn
+        if self.end_of_turn is None:
+            if self._silence_ms >= turn.end_of_turn_silence_ms:
+                self._end(now, "silence")
+        elif self._silence_ms >= turn.smart_turn_max_silence_ms:
+            self._end(now, "max_silence")
+        elif self._should_ask():
+            self._asked_at_ms = self._silence_ms
+            self._deciding = True
+            audio = np.concatenate(list(self._turn_audio))
+            self.spawn(self._ask(self.end_of_turn, audio, self._generation))
+
+    def _should_ask(self) -> bool:
+        turn = self.cfg.turn
+        if self._deciding or self._silence_ms < turn.smart_turn_ask_after_ms:
+            return False
+        return self._asked_at_ms is None or (
+            self._silence_ms - self._asked_at_ms >= turn.smart_turn_reask_ms
+        )
+
+    async def _ask(self, model: EndOfTurn, audio: Int16Array, generation: int) -> None:
+        try:
+            decision = await model.decide(audio)
+        except Exception as exc:  # a broken decision must not end the session: ask silence
+            log.warning("end-of-turn decision failed", error=repr(exc))
+            if self.telemetry is not None:
+                self.telemetry.c_eot.labels("error").inc()
+            return
+        finally:
+            self._deciding = False
+        if self.telemetry is not None:
+            self.telemetry.c_eot.labels("complete" if decision.complete else "incomplete").inc()
+            self.telemetry.h_eot.observe(decision.model_ms)
+            self.telemetry.eot_model.add(decision.model_ms)
+        self.last_decision_ms = decision.model_ms
+        if generation != self._generation or not self.user_speaking:
+            return  # the user spoke again meanwhile (or the turn ended by max silence)
+        if decision.complete:
+            self._end(self.clock(), "model")
+        else:
+            self.on_not_done()
+
+    def _end(self, now: float, by: str) -> None:
+        self.user_speaking = False
+        self._generation += 1
+        if self.telemetry is not None:
+            self.telemetry.c_turn_end.labels(by).inc()
+        times = TurnTimes(speech_end=self._silence_since, endpoint=now, ended_by=by,
+                          eot_model_ms=self.last_decision_ms)  # fmt: skip
+        self.last_decision_ms = None
+        self.on_end_of_turn(times)

@@ -44,6 +44,7 @@ class ReplyTimes:
     started: float = 0.0
     first_text: float | None = None
     first_audio: float | None = None
+    ready: float | None = None  # a held (speculative) reply's first frame arrived
     ended: float | None = None
 
 
@@ -57,12 +58,14 @@ class Reply:
     on_unit: Callable[[str], None]  # a unit starts playing: its text
     on_first_audio: Callable[[], None]
     clock: Clock = time.perf_counter
+    holding: bool = False  # speculative: frames are kept back until `release()`
     times: ReplyTimes = field(default_factory=ReplyTimes)
     heard: list[str] = field(default_factory=list)
     muted: bool = False
     frames_after_mute: int = 0
     last_frame_after_mute: float | None = None
     error: DuplexError | None = None
+    _held: list[pb.AudioFrame] = field(default_factory=list)
     _feed_open: asyncio.Event = field(default_factory=asyncio.Event)
     _call: object = None
     _task: asyncio.Task[None] | None = None
@@ -84,6 +87,13 @@ class Reply:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._task)
+
+    def release(self) -> None:
+        """A speculative reply's turn is confirmed: send what was held, then stream live."""
+        self.holding = False
+        held, self._held = self._held, []
+        for frame in held:
+            self._on_frame(frame)
 
     # -- barge-in --------------------------------------------------------------------------
 
@@ -145,6 +155,11 @@ class Reply:
         yield pb.TextChunk(session_id=sid, is_final=True)
 
     def _on_frame(self, frame: pb.AudioFrame) -> None:
+        if self.holding:
+            if self.times.ready is None:
+                self.times.ready = self.clock()
+            self._held.append(frame)
+            return
         now = self.clock()
         if self.muted:
             self.frames_after_mute += 1

@@ -57,6 +57,9 @@ class Session:
         self.listener = Listener(
             cfg, hello.sample_rate, deps.vad(), self.transcriber, deps.clock,
             on_vad=self._on_vad, on_onset=self._on_onset, on_end_of_turn=self._on_end_of_turn,
+            on_pause=self._on_pause, on_resume=self._drop_speculation,
+            on_not_done=self._drop_speculation, end_of_turn=deps.end_of_turn,
+            telemetry=deps.telemetry, spawn=self._spawn,
         )  # fmt: skip
         self.speech = Speech(
             session_id=self.id, outbox=outbox, telemetry=deps.telemetry, clock=deps.clock,
@@ -83,6 +86,10 @@ class Session:
             on_error=self._task_failed,
         )  # fmt: skip
         self._last_run: asyncio.Task[Any] | None = None  # the latest _run_reply
+        self._spec: Reply | None = None  # a speculative reply, its audio held back
+        self._spec_text = ""
+        self._spec_gen = 0  # bumped whenever a speculation in the making becomes stale
+        self._discarded = 0  # speculative replies dropped in the current user turn
         self._partials_task: asyncio.Task[Any] | None = None
 
     # -- views ----------------------------------------------------------------------------------
@@ -113,6 +120,7 @@ class Session:
         log.info("session started", session_id=self.id, model=tts.model_id)
 
     async def aclose(self) -> None:
+        self._drop_speculation(count=False)
         await self.speech.aclose()
         await self._tasks.cancel_all()
         await cancel_and_wait(self._partials_task)
@@ -143,6 +151,7 @@ class Session:
     def on_text(self, text: str) -> None:
         """Typed input: a user turn without audio."""
         self.last_activity = time.monotonic()
+        self._drop_speculation()
         if self.speech.replying:
             self._spawn(self._interrupt_for_text(text))
             return
@@ -203,13 +212,21 @@ class Session:
         if text:
             self.out.event(event("transcript", final=True, text=text, turn=self.turn + 1))
             self.transcript_tail = (self.transcript_tail + " " + text).strip()
+        spec = self._spec
+        if spec is not None and (text != self._spec_text or spec.error is not None
+                                 or self.speech.state != State.LISTENING):  # fmt: skip
+            self._drop_speculation()
+            spec = None
+        self._times.discarded, self._discarded = self._discarded, 0
         if self.speech.state == State.BARGED_IN:
             real = _words(text) >= self.cfg.turn.min_barge_in_words
             await (self.speech.confirm() if real else self.speech.resume())
             if not text or self.speech.now_state() != State.LISTENING:
                 return
         if text:
-            self._user_turn_text(text, from_asr=True)
+            self._user_turn_text(text, from_asr=True, speculative=spec)
+        elif spec is not None:
+            self._drop_speculation()
 
     async def _forward_partials(self) -> None:
         while True:
@@ -228,37 +245,53 @@ class Session:
         now = self.clock()
         return TurnTimes(speech_end=now, endpoint=now, transcript=now)
 
-    def _user_turn_text(self, text: str, *, from_asr: bool = False) -> None:
+    def _user_turn_text(
+        self, text: str, *, from_asr: bool = False, speculative: Reply | None = None
+    ) -> None:
         if not from_asr:
             self.out.event(event("transcript", final=True, text=text, turn=self.turn + 1))
         self.history.append(Message("user", text))
         if isinstance(self.responder, PushResponder):
             return  # the external host answers by pushing `llm` text
-        self._start_reply()
+        if speculative is not None:  # its text and audio are (being) made: let it be heard
+            self._spec, self._spec_gen = None, self._spec_gen + 1
+            self._times.speculative = True
+            self.deps.telemetry.c_spec.labels("used").inc()
+        self._start_reply(speculative)
 
-    def _start_reply(self) -> None:
-        self._last_run = self._spawn(self._run_reply(self._last_run))
+    def _start_reply(self, ready: Reply | None = None) -> None:
+        self._last_run = self._spawn(self._run_reply(self._last_run, ready))
 
-    async def _run_reply(self, previous: asyncio.Task[Any] | None) -> None:
+    def _new_reply(self, turn: int, tts: TtsBinding, history: list[Message]) -> Reply:
+        return Reply(
+            turn=turn, tts=tts, responder=self.responder, history=history,
+            on_audio=self._send_audio, on_unit=self._on_unit,
+            on_first_audio=self._on_first_audio, clock=self.clock,
+        )  # fmt: skip
+
+    async def _run_reply(self, previous: asyncio.Task[Any] | None, ready: Reply | None) -> None:
         if previous is not None and not previous.done():
             # An interrupted reply finishes first, so what it said is in the history (in its
             # place, before the words that interrupted it) when this reply reads it.
             await asyncio.wait({previous})
-        try:
-            tts, rebound = await self.binding.ensure()
-        except DuplexError as exc:  # its worker died earlier and no other one will do
-            self.out.event(event("error", code="no_worker", message=str(exc), fatal=False))
-            return
-        if rebound:
-            self.out.event(event("worker", worker=tts.worker, model=tts.model_id))
-        self.turn += 1
         times = self._times
-        reply = Reply(
-            turn=self.turn, tts=tts, responder=self.responder, history=list(self.history),
-            on_audio=self._send_audio, on_unit=self._on_unit,
-            on_first_audio=self._on_first_audio, clock=self.clock,
-        )  # fmt: skip
-        self.speech.begin(reply)
+        if ready is not None:  # a speculative reply, started at the pause: release its audio
+            self.turn += 1
+            reply = ready
+            reply.turn = self.turn
+            self.speech.adopt(reply)
+            reply.release()
+        else:
+            try:
+                tts, rebound = await self.binding.ensure()
+            except DuplexError as exc:  # its worker died earlier and no other one will do
+                self.out.event(event("error", code="no_worker", message=str(exc), fatal=False))
+                return
+            if rebound:
+                self.out.event(event("worker", worker=tts.worker, model=tts.model_id))
+            self.turn += 1
+            reply = self._new_reply(self.turn, tts, list(self.history))
+            self.speech.begin(reply)
         await reply.wait()
         times.first_text = reply.times.first_text
         times.first_audio = reply.times.first_audio
@@ -283,7 +316,47 @@ class Session:
         reply, times = self.reply, self._times
         if reply is not None:  # every stage is known now: report before the reply ends
             times.first_text, times.first_audio = reply.times.first_text, reply.times.first_audio
-            self.out.event(event("latency", turn=reply.turn, **times.figures()))
+            self.out.event(event("latency", turn=reply.turn, **times.figures(), **times.extra()))
+
+    # -- speculation ---------------------------------------------------------------------------
+
+    def _on_pause(self) -> None:
+        """The user paused: answer the speculative transcript now, audio held until the turn
+        is confirmed (`_end_user_turn`) or dropped (they go on, or the model says not done)."""
+        if (not self.cfg.turn.speculate or isinstance(self.responder, PushResponder)
+                or self.speech.replying or self.speech.state != State.LISTENING
+                or self._spec is not None):  # fmt: skip
+            return
+        self._spawn(self._speculate(self._spec_gen))
+
+    async def _speculate(self, generation: int) -> None:
+        try:
+            transcript = await self.listener.speculative_transcript()
+            tts, _ = await self.binding.ensure()
+        except (RuntimeError, DuplexError):  # abandoned (they went on) or no worker now
+            return
+        text = transcript.text.strip()
+        if not text or generation != self._spec_gen or self._spec is not None:
+            return
+        if not self.listener.user_speaking:
+            return  # the turn already ended: the ordinary path answers it
+        history = [*self.history, Message("user", text)]
+        reply = self._new_reply(self.turn + 1, tts, history)
+        reply.holding = True
+        self._spec, self._spec_text = reply, text
+        self.deps.telemetry.c_spec.labels("started").inc()
+        reply.start()
+
+    def _drop_speculation(self, *, count: bool = True) -> None:
+        """The user went on (or typed, or the model said not done): the held reply goes."""
+        self._spec_gen += 1
+        spec, self._spec = self._spec, None
+        if spec is None:
+            return
+        if count:
+            self._discarded += 1
+            self.deps.telemetry.c_spec.labels("discarded").inc()
+        self._spawn(spec.stop())
 
     def _on_unit(self, text: str) -> None:
         turn = self.reply.turn if self.reply else self.turn

@@ -88,6 +88,10 @@ class Speech:
         self.reply = reply
         reply.start()
 
+    def adopt(self, reply: Reply) -> None:
+        """A speculative reply, already running, becomes the one the user hears."""
+        self.reply = reply
+
     def first_audio(self) -> None:
         if self.state != State.BARGED_IN:
             self._set(State.SPEAKING)

@@ -25,6 +25,19 @@ class OrchTelemetry:
             r, "duplex_orch_bargein_ms", "barge-in latency by step", ["step"]
         )
         self.c_errors = counter(r, "duplex_orch_errors", "errors sent to clients", ["code"])
+        self.c_eot = counter(
+            r, "duplex_orch_end_of_turn_decisions", "end-of-turn model decisions", ["result"]
+        )  # result: complete | incomplete | error
+        self.h_eot = histogram_ms(
+            r, "duplex_orch_end_of_turn_model_ms", "end-of-turn model time per decision"
+        )
+        self.c_turn_end = counter(
+            r, "duplex_orch_turn_ends", "how user turns ended", ["by"]
+        )  # by: model | max_silence | silence
+        self.c_spec = counter(
+            r, "duplex_orch_speculations", "speculative replies", ["outcome"]
+        )  # outcome: started | used | discarded
+        self.eot_model = LatencyWindow()
         self.turn_total = LatencyWindow()
         self.pause = LatencyWindow()
 

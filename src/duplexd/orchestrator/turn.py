@@ -30,16 +30,36 @@ class TurnTimes:
     asr_decode_ms: float | None = None
     first_text: float | None = None  # first reply text from the responder
     first_audio: float | None = None  # first reply frame handed to the client
+    ended_by: str | None = None  # silence | model | max_silence | text
+    eot_model_ms: float | None = None  # the end-of-turn model's last decision, if asked
+    speculative: bool = False  # the reply was started before the turn was confirmed
+    discarded: int = 0  # speculative replies dropped during this turn (the user went on)
+
+    def extra(self) -> dict[str, object]:
+        """How the turn ended and what speculation did (beside the figures, not histograms)."""
+        return {
+            "end_of_turn": self.ended_by, "eot_model_ms": _r(self.eot_model_ms),
+            "speculative": self.speculative, "speculations_discarded": self.discarded,
+        }  # fmt: skip
 
     def figures(self) -> dict[str, float | None]:
+        # A speculative reply's text and audio were ready before the turn was confirmed: those
+        # stages took no time after it (clamped at the transcript, never negative).
+        first_text = self.first_text
+        if first_text is not None and self.transcript is not None:
+            first_text = max(first_text, self.transcript)
         return {
             "end_of_speech_ms": ms_between(self.speech_end, self.endpoint),
             "asr_ms": ms_between(self.endpoint, self.transcript),
             "asr_decode_ms": self.asr_decode_ms,
-            "llm_first_text_ms": ms_between(self.transcript, self.first_text),
-            "tts_first_audio_ms": ms_between(self.first_text, self.first_audio),
+            "llm_first_text_ms": ms_between(self.transcript, first_text),
+            "tts_first_audio_ms": ms_between(first_text, self.first_audio),
             "total_ms": ms_between(self.speech_end, self.first_audio),
         }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 @dataclass

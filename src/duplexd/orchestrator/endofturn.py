@@ -1,0 +1,155 @@
+"""Has the user finished their turn? The fixed-silence rule, or Pipecat's Smart Turn model.
+
+`SmartTurn` runs Smart Turn v3.2 (BSD-2-Clause, an 8.7 MB int8 ONNX audio model that ships
+inside the `pipecat-ai` wheel) on onnxruntime: the last ≤ 8 s of the turn's 16 kHz audio →
+Whisper-style log-mel features (computed by pipecat's own numpy code, with BLAS held to one
+thread: otherwise a decision's time doubles under load) → the probability that the turn is
+complete. One model serves every session; decisions run on a small thread pool, never on the
+event loop.
+
+The policy that asks it lives in the listener (listening.py): at `smart_turn.ask_after_ms` of
+silence ask; complete above `threshold` → the turn ends now; otherwise keep listening and ask
+again every `reask_ms`, ending at `max_silence_ms` whatever it says. Resumed speech cancels all
+of it. `silence` is the baseline: the turn ends after `end_of_turn_silence_ms`.
+
+A missing or corrupt model never crashes the orchestrator: `load_end_of_turn` says which file
+and why, and the daemon falls back to the silence rule with that warning in `/status` and the
+log (app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from duplexd.audio.pcm import Int16Array
+from duplexd.errors import ConfigError
+from duplexd.logging import get_logger
+
+__all__ = [
+    "MAX_AUDIO_S",
+    "Decision",
+    "EndOfTurn",
+    "EndOfTurnUnavailable",
+    "SmartTurn",
+    "bundled_model",
+    "load_end_of_turn",
+]
+
+log = get_logger("duplexd.orchestrator.endofturn")
+
+MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)
+_RATE = 16_000
+_BUNDLED = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
+
+
+class EndOfTurnUnavailable(ConfigError):
+    """The end-of-turn model cannot be used (missing package or file, corrupt model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    complete: bool
+    probability: float
+    model_ms: float  # features + inference, on the decision thread
+
+
+class EndOfTurn(Protocol):
+    """Decides from the turn's audio whether the user is done."""
+
+    name: str
+
+    async def decide(self, audio: Int16Array) -> Decision: ...
+
+
+def bundled_model() -> Path:
+    """Where the Smart Turn ONNX in the installed pipecat-ai wheel is."""
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files(_BUNDLED[0]).joinpath(_BUNDLED[1])))
+    except ModuleNotFoundError:
+        raise EndOfTurnUnavailable(
+            "the Smart Turn model ships in the pipecat-ai package, which is not installed",
+            hint="pip install 'pipecat-ai>=1.14' (part of duplex's default install)",
+        ) from None
+
+
+class SmartTurn:
+    name = "smart-turn"
+
+    def __init__(self, model: Path, *, threshold: float = 0.5, threads: int = 2) -> None:
+        self.model, self.threshold = model, threshold
+        if not model.is_file():
+            raise EndOfTurnUnavailable(f"end-of-turn model {model} does not exist")
+        try:
+            import onnxruntime as ort
+            from loguru import logger
+
+            logger.disable("pipecat")  # its import banner and debug lines are not our log
+            from pipecat.audio.turn.smart_turn._whisper_features import (
+                compute_whisper_log_mel_features,
+            )
+        except ImportError as exc:
+            raise EndOfTurnUnavailable(
+                f"Smart Turn needs onnxruntime and pipecat-ai: {exc}",
+                hint="pip install onnxruntime 'pipecat-ai>=1.14'",
+            ) from None
+        self._features = compute_whisper_log_mel_features
+        options = ort.SessionOptions()
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(model), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            self._input = self._session.get_inputs()[0].name
+            self._decide_sync(np.zeros(_RATE // 2, dtype=np.int16))  # warm and validate
+        except Exception as exc:  # onnxruntime raises its own types for corrupt files
+            raise EndOfTurnUnavailable(
+                f"end-of-turn model {model} could not be loaded: {type(exc).__name__}: {exc}"
+            ) from None
+        # Decisions run here: one at a time per thread, sessions share the pool.
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="end-of-turn")
+
+    async def decide(self, audio: Int16Array) -> Decision:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._decide_sync, audio)
+
+    def _decide_sync(self, audio: Int16Array) -> Decision:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        started = time.perf_counter()
+        x = audio[-MAX_AUDIO_S * _RATE :].astype(np.float32) / 32768.0
+        x = np.pad(x, (MAX_AUDIO_S * _RATE - len(x), 0))  # the model expects the end aligned
+        with threadpool_limits(limits=1):
+            features = self._features(x, do_normalize=True)
+        out: Any = self._session.run(None, {self._input: features[None]})
+        probability = float(np.asarray(out[0]).ravel()[0])
+        ms = (time.perf_counter() - started) * 1000
+        return Decision(probability >= self.threshold, probability, ms)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_end_of_turn(
+    engine: str, model: Path | None, *, threshold: float
+) -> tuple[EndOfTurn | None, str | None]:
+    """The configured end-of-turn model, or (None, why) to fall back to the silence rule."""
+    if engine == "silence":
+        return None, None
+    try:
+        return SmartTurn(model or bundled_model(), threshold=threshold), None
+    except EndOfTurnUnavailable as exc:
+        warning = f"{exc}; ending turns by silence instead"
+        log.warning("end-of-turn model unavailable", error=warning)
+        return None, warning

@@ -1,0 +1,53 @@
+"""Smart Turn, the real model from the pipecat-ai wheel: decisions, and the fallback that says
+which file is wrong instead of crashing (or silently ending turns some other way)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from duplexd.devkit.speech import speech as speak
+from duplexd.orchestrator.endofturn import SmartTurn, bundled_model, load_end_of_turn
+
+
+@pytest.fixture(scope="module")
+def model() -> SmartTurn:
+    return SmartTurn(bundled_model())
+
+
+def test_a_decision_is_a_probability_from_the_turns_audio(model: SmartTurn) -> None:
+    audio = speak("What time is it in Paris right now?")
+    decision = asyncio.run(model.decide(audio))
+    assert 0.0 <= decision.probability <= 1.0
+    assert decision.complete == (decision.probability >= model.threshold)
+    assert decision.model_ms > 0
+
+
+def test_only_the_last_eight_seconds_matter(model: SmartTurn) -> None:
+    audio = speak("Book me a table for two people tonight.")
+    long = np.concatenate([np.full(16_000 * 12, 3000, dtype=np.int16), audio])
+    a, b = asyncio.run(model.decide(audio)), asyncio.run(model.decide(long[-16_000 * 8 :]))
+    c = asyncio.run(model.decide(long))
+    assert c.probability == pytest.approx(b.probability, abs=1e-6)
+    assert 0.0 <= a.probability <= 1.0
+
+
+def test_a_corrupt_model_falls_back_to_silence_and_says_which_file(tmp_path: Path) -> None:
+    bad = tmp_path / "smart-turn.onnx"
+    bad.write_bytes(b"\x08\x01this is not an onnx graph" * 10)
+    chosen, warning = load_end_of_turn("smart-turn", bad, threshold=0.5)
+    assert chosen is None
+    assert warning is not None and str(bad) in warning and "silence" in warning
+
+
+def test_a_missing_model_falls_back_and_says_which_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.onnx"
+    chosen, warning = load_end_of_turn("smart-turn", missing, threshold=0.5)
+    assert chosen is None and warning is not None and str(missing) in warning
+
+
+def test_the_silence_rule_needs_no_model() -> None:
+    assert load_end_of_turn("silence", None, threshold=0.5) == (None, None)
