@@ -51,7 +51,9 @@ class LaunchSpec:
     python: Path | None = None  # another environment's interpreter (an engine env)
     argv: Sequence[str] | None = None  # the whole command line, when not `duplexd KIND`
     own_group: bool = True  # its own session: Ctrl-C here does not reach it; killpg works
-    die_with_us: bool = False  # Linux: SIGTERM it if this process dies without cleaning up
+    # Linux: SIGTERM it if we die without cleaning up. The kernel ties this to the *thread*
+    # that launched it: only for launches from a thread that lives as long as the process.
+    die_with_us: bool = False
     log_marker: bytes = b""  # written to the log before the daemon's own lines
 
     def command(self) -> list[str]:

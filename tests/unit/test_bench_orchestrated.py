@@ -25,7 +25,9 @@ def _root() -> None:
 KEYS = [
     "bargein.trials", "bargein.pause_ms.p95", "bargein.worker_silent_ms.p95",
     "bargein.client_silent_ms.p95", "bargein.speech_to_vad_ms.p50",
-    "e2e.turns", "e2e.turn_ms.p50", "e2e.turn_ms.p95", "e2e.stages.asr.p50",
+    "e2e.smart-turn.turns", "e2e.smart-turn.turn_ms.p50", "e2e.smart-turn.turn_ms.p95",
+    "e2e.smart-turn.stages.asr.p50", "e2e.smart-turn.false_cut_in_pct",
+    "e2e.smart-turn.eot_loaded_ms.p95", "e2e.silence.turn_ms.p50", "e2e.silence.false_cut_in_pct",
     "opus.codec_ms_per_frame.p95", "opus.bytes_per_s", "opus.cpu_ms_per_audio_s",
 ]  # fmt: skip
 
@@ -47,8 +49,18 @@ def test_bargein_e2e_and_opus_suites_report_their_documented_keys(tmp_path: Path
     assert data["suites"]["ran"] == ["bargein", "e2e", "opus"] and not data["suites"]["failed"]
     for key in KEYS:
         assert isinstance(_get(data, key), int | float), key
-    assert data["bargein"]["trials"] == 2 and data["e2e"]["turns"] == 2
+    assert data["bargein"]["trials"] == 2
+    assert data["e2e"]["smart-turn"]["turns"] == 2 and data["e2e"]["silence"]["turns"] == 2
+    assert data["e2e"]["smart-turn"]["paused"] == 2 and "piper" in data["e2e"]["user_voice"]
     assert data["bargein"]["frames_after_flush"] == 0  # nothing of a flushed reply is played
     assert data["opus"]["bytes_per_s"] < data["opus"]["pcm_bytes_per_s"] / 5
     checked = {t["id"] for t in data["targets"]}
-    assert {"pause", "silent", "client", "e2e-p50", "opus-cpu"} <= checked
+    assert {
+        "pause",
+        "silent",
+        "client",
+        "e2e-p50",
+        "e2e-cut-ins",
+        "e2e-eot-p95",
+        "opus-cpu",
+    } <= checked

@@ -1,5 +1,5 @@
 """Shared by the suites that need the orchestrator (bargein, e2e): a private orchestrator in
-front of the worker under test, and a scripted espeak-ng user over the real WebSocket."""
+front of the worker under test, and a scripted user over the real WebSocket."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ __all__ = ["is_kind", "orchestrator"]
 
 
 @asynccontextmanager
-async def orchestrator(ctx: BenchContext) -> AsyncIterator[str]:
-    """An orchestrator routed to the worker under test, stopped afterwards."""
+async def orchestrator(
+    ctx: BenchContext, *, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """An orchestrator routed to the worker under test (`env`: DUPLEX_* settings for it),
+    stopped afterwards."""
     worker = await ctx.worker()
     folder = ctx.workdir / f"orchestrator-{len(list(ctx.workdir.glob('orchestrator-*')))}"
     proc = await asyncio.to_thread(
-        start_daemon, "orchestrator", folder, ["--worker", f"bench={worker}"]
+        start_daemon, "orchestrator", folder, ["--worker", f"bench={worker}"], env=env
     )
     try:
         yield proc.addr

@@ -219,6 +219,13 @@ class Poller:
             bargein_p95_ms=float(status.get("bargein_pause_ms_p95") or 0.0),
             turn_p50_ms=float(status.get("turn_total_ms_p50") or 0.0),
             turns=self._turns.update(samples, self.clock()),
+            end_of_turn=str((status.get("end_of_turn") or {}).get("engine") or ""),
+            eot_p95_ms=float((status.get("end_of_turn") or {}).get("model_ms_p95") or 0.0),
+            speculations_used=int(samples.get(("duplex_orch_speculations_total", "used"), 0)),
+            speculations_discarded=int(
+                samples.get(("duplex_orch_speculations_total", "discarded"), 0)
+            ),
+            warnings=tuple(str(w) for w in status.get("warnings") or ()),
         )
 
     def _with_history(self, view: WorkerView) -> WorkerView:

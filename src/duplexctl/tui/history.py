@@ -49,15 +49,20 @@ class LatencySeries:
 # -- Prometheus ---------------------------------------------------------------------------------
 
 
+_LABELS = ("stage", "step", "outcome", "by", "result")
+
+
 def prometheus_samples(text: str) -> dict[tuple[str, str], float]:
-    """(sample name, the `stage` or `step` label) -> value; buckets are skipped."""
+    """(sample name, its `stage`/`step`/`outcome`/`by`/`result` label) -> value; buckets are
+    skipped."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if not s.name.endswith("_bucket"):
-                out[s.name, s.labels.get("stage") or s.labels.get("step") or ""] = s.value
+                label = next((s.labels[k] for k in _LABELS if s.labels.get(k)), "")
+                out[s.name, label] = s.value
     return out
 
 

@@ -123,6 +123,11 @@ class OrchestratorView:
     bargein_p95_ms: float = 0.0
     turn_p50_ms: float = 0.0
     turns: tuple[TurnBar, ...] = ()  # oldest first
+    end_of_turn: str = ""  # smart-turn | silence
+    eot_p95_ms: float = 0.0  # the end-of-turn model's decision time
+    speculations_used: int = 0
+    speculations_discarded: int = 0
+    warnings: tuple[str, ...] = ()  # degraded but serving (e.g. end of turn fell back)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def start_daemon(
     if kind == "worker" and "--metrics-port" not in args:
         args += ["--metrics-port", str(free_port())]
     launched = launch(LaunchSpec(kind, args, ready_file=ready, log_file=log_path, env=env or {},
-                                 python=python, die_with_us=True))  # fmt: skip
+                                 python=python))  # fmt: skip
     try:
         info = launched.wait_ready(timeout_s)
     except LaunchError as exc:

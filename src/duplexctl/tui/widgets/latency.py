@@ -58,7 +58,16 @@ def _worker_key(w: WorkerView) -> Hashable:
 def _orchestrator_key(o: OrchestratorView | None, now: float) -> Hashable:
     if o is None or not o.reachable:
         return None
-    return o.bargein_total, o.bargein_p95_ms, o.turn_p50_ms, o.turns, int(now)  # "5s ago"
+    speculation = o.end_of_turn, o.eot_p95_ms, o.speculations_used, o.speculations_discarded
+    return (
+        o.bargein_total,
+        o.bargein_p95_ms,
+        o.turn_p50_ms,
+        o.turns,
+        speculation,
+        o.warnings,
+        int(now),
+    )  # "5s ago"
 
 
 def _grid() -> Table:
@@ -86,13 +95,19 @@ def _worker(w: WorkerView) -> RenderableType:
 def _orchestrator(o: OrchestratorView, now: float) -> list[RenderableType]:
     head = _line(("orchestrator", "bold"), f"  turn p50 {ms(o.turn_p50_ms)}")
     barge = _line(f"barge-ins {o.bargein_total} · barge-in p95 {ms(o.bargein_p95_ms)}")
+    lines: list[RenderableType] = [head, barge]
+    if o.end_of_turn:
+        model = f" p95 {ms(o.eot_p95_ms)}" if o.end_of_turn != "silence" else ""
+        spec = f"{o.speculations_used} used, {o.speculations_discarded} dropped"
+        lines.append(_line(f"end of turn {o.end_of_turn}{model} · speculative replies {spec}"))
+    lines += [_line(("⚠ " + w, "yellow")) for w in o.warnings]
     if not o.turns:
-        return [head, barge, Text("no turns yet", style="dim")]
+        return [*lines, Text("no turns yet", style="dim")]
     scale = max(sum(t.stages_ms) for t in o.turns)
     grid = _grid()
     for bar in o.turns:
         grid.add_row(_when(bar, now), Bar(_segments(bar), scale, fill=""), ms(sum(bar.stages_ms)))
-    return [head, barge, grid, _legend()]
+    return [*lines, grid, _legend()]
 
 
 def _segments(bar: TurnBar) -> list[tuple[float, str]]:
