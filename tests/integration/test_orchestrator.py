@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import pytest_asyncio
@@ -326,3 +327,47 @@ async def test_echo_guard_keeps_the_bot_from_interrupting_itself(
     else:
         assert not flushes, f"the echo guard let the bot interrupt itself: {flushes}"
         assert conv.frames_received > 150  # the story kept playing
+
+
+@pytest.mark.asyncio
+async def test_sigterm_drains_open_sessions_with_going_away(tmp_path: Path) -> None:
+    """SIGTERM with a WebSocket open: the client gets a fatal error event and a 1001 close
+    frame with a reason (not a dropped connection, 1006), its worker session ends, and the
+    orchestrator exits well inside its grace period (server.shutdown_grace_s, default 3 s)."""
+    from duplexd.devkit.procs import start_daemon
+    from duplexd.rpc.client import TTSClient
+
+    grace_s = 3.0  # the default: below `duplexctl down`'s 5 s SIGKILL
+    with daemon("worker", tmp_path) as worker:
+        orch = start_daemon("orchestrator", tmp_path, ["--worker", f"w0={worker.addr}"])
+        try:
+            async with VoiceClient(orch.addr, {}) as client, TTSClient(worker.addr) as tts:
+                assert client.ws is not None
+                assert (await tts.capabilities()).metrics.active_sessions == 1
+                await _text_turn(client, "hello")  # a live session, a worker session
+                t0 = asyncio.get_running_loop().time()
+                os.kill(orch.proc.pid, signal.SIGTERM)
+                events: list[dict[str, Any]] = []
+                async with asyncio.timeout(grace_s + 2):
+                    while True:
+                        msg = await client.ws.receive()
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        events.append(json.loads(msg.data))
+                closed_after = asyncio.get_running_loop().time() - t0
+                assert msg.type == aiohttp.WSMsgType.CLOSE, (msg, orch.log_text()[-2000:])
+                assert msg.data == 1001 and client.ws.close_code == 1001, msg
+                assert msg.extra == "orchestrator shutting down"
+                errors = [e for e in events if e["type"] == "error"]
+                assert errors, events
+                assert errors[-1]["code"] == "unavailable" and errors[-1]["fatal"] is True
+                assert "shutting down" in errors[-1]["message"]
+                rc = await asyncio.to_thread(orch.proc.wait, grace_s + 5)
+                exited_after = asyncio.get_running_loop().time() - t0
+                print(f"SIGTERM: closed after {closed_after:.2f} s, exited after "
+                      f"{exited_after:.2f} s")  # fmt: skip
+                assert rc == 0, orch.log_text()[-2000:]
+                assert closed_after < 1.0 and exited_after < grace_s
+                assert (await tts.capabilities()).metrics.active_sessions == 0
+        finally:
+            orch.stop(grace_s=1.0)

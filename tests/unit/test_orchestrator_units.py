@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 from typing import Any
 
@@ -202,3 +203,116 @@ def test_turn_and_barge_in_figures() -> None:
     figs = b.figures()
     assert figs["speech_to_vad_ms"] == 64.0 and figs["vad_to_pause_ack_ms"] == 2.0
     assert figs["vad_to_worker_silent_ms"] == 0.0  # no frame arrived after the onset
+
+
+# -- the shared client-message dispatch, and the drain on SIGTERM ------------------------------
+
+
+class _StubSession:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def on_text(self, text: str) -> None:
+        self.calls.append(("text", text))
+
+    def on_llm(self, text: str, final: bool) -> None:
+        self.calls.append(("llm", (text, final)))
+
+
+def _deps(**config: Any) -> Any:
+    from duplexd.config import OrchestratorConfig, WorkerEndpoint
+    from duplexd.devkit.fakes import FakeTranscriber, FakeTTS, FakeVAD
+    from duplexd.orchestrator.deps import SessionDeps
+    from duplexd.orchestrator.registry import StaticRegistry
+    from duplexd.orchestrator.routing import RoutingPolicy
+    from duplexd.orchestrator.telemetry import OrchTelemetry
+
+    tts = FakeTTS("w0")
+    cfg = OrchestratorConfig(workers=[WorkerEndpoint(name="w0", addr=tts.addr)], **config)
+    registry = StaticRegistry(cfg.workers, clients=lambda addr: tts)
+    deps = SessionDeps(
+        config=cfg, registry=registry, policy=RoutingPolicy(), telemetry=OrchTelemetry(),
+        vad=FakeVAD, transcriber=FakeTranscriber, responder=lambda hello: BuiltinResponder(),
+    )  # fmt: skip
+    return deps, tts
+
+
+@pytest.mark.asyncio
+async def test_dispatcher_turns_client_messages_into_session_calls_and_errors() -> None:
+    from duplexd.devkit.fakes import RecordingTransport
+    from duplexd.errors import BusyError
+    from duplexd.orchestrator.dispatch import Dispatcher
+
+    deps, _ = _deps()
+    dispatch = Dispatcher(deps)
+    transport = RecordingTransport()
+    outbox = Outbox(transport)
+    outbox.start()
+    session: Any = _StubSession()
+    for raw in ('{"type": "text", "text": "hi"}', '{"type": "llm", "text": "a", "final": true}',
+                '{"type": "ping", "t": 1.5}', '{"type": "hello"}', "{nope"):  # fmt: skip
+        assert dispatch.on_json(raw, session, outbox) is True
+    assert dispatch.on_json('{"type": "end"}', session, outbox) is False
+    await outbox.aclose()
+    assert session.calls == [("text", "hi"), ("llm", ("a", True))]
+    assert transport.of("pong")[0]["t"] == 1.5
+    errors = transport.of("error")
+    assert [(e["code"], e["fatal"]) for e in errors] == [("invalid_argument", False)] * 2
+    assert "already received" in errors[0]["message"]
+    dispatch.admit()
+    dispatch.going_away = "orchestrator shutting down"
+    with pytest.raises(DaemonUnavailable, match="shutting down: not accepting new sessions"):
+        dispatch.admit()
+    dispatch.going_away = None
+    dispatch.sessions.update({str(i): session for i in range(deps.config.sessions.max)})
+    with pytest.raises(BusyError, match="session limit"):
+        dispatch.admit()
+
+
+@pytest.mark.asyncio
+async def test_drain_closes_websockets_with_1001_and_refuses_new_sessions() -> None:
+    import aiohttp
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from duplexd.config import TransportConfig
+    from duplexd.orchestrator.server import OrchestratorServer
+
+    webrtc = importlib.util.find_spec("aiortc") is not None
+    deps, tts = _deps(transport=TransportConfig(webrtc=webrtc))
+    await deps.registry.refresh()
+    server = OrchestratorServer(deps)
+    async with TestClient(TestServer(server.app)) as client:
+        assert (await client.get("/readyz")).status == 200
+        ws = await client.ws_connect("/ws")
+        await ws.send_json({"type": "hello"})
+        ready = await ws.receive_json(timeout=5)
+        assert ready["type"] == "ready" and len(server.sessions) == 1
+        drain = asyncio.create_task(server.drain(2.0))
+        events = []
+        while (msg := await ws.receive(timeout=2)).type == aiohttp.WSMsgType.TEXT:
+            events.append(json.loads(msg.data))
+        await asyncio.wait_for(drain, 1)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.extra == "orchestrator shutting down"
+        assert msg.data == 1001 and ws.close_code == 1001  # going away, a clean handshake
+        assert events[-1] == {"type": "error", "code": "unavailable", "fatal": True,
+                              "message": "orchestrator shutting down"}  # fmt: skip
+        assert not server.sessions and tts.ended == tts.sessions != []  # worker session ended
+        readyz = await client.get("/readyz")
+        assert readyz.status == 503 and (await readyz.json())["draining"] is True
+        late = await client.ws_connect("/ws")  # a new session is refused, and told why
+        await late.send_json({"type": "hello"})
+        refusal = await late.receive_json(timeout=2)
+        assert refusal["code"] == "unavailable" and refusal["fatal"] is True
+        assert (await late.receive(timeout=2)).type == aiohttp.WSMsgType.CLOSE
+        assert late.close_code == 1001
+        if webrtc:  # a WHIP offer too: 503 and why
+            offer = await client.post("/whip", data=_OPUS_OFFER,
+                                      headers={"Content-Type": "application/sdp"})  # fmt: skip
+            assert offer.status == 503 and "shutting down" in await offer.text()
+
+
+_OPUS_OFFER = "\r\n".join([
+    "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:0", "a=sendrecv",
+    "a=rtpmap:111 opus/48000/2", "",
+])  # fmt: skip

@@ -1,4 +1,9 @@
-"""Run an orchestrator process: load VAD/ASR, poll workers, serve HTTP/WS, stop on SIGTERM."""
+"""Run an orchestrator process: load VAD/ASR, poll workers, serve HTTP/WS, stop on SIGTERM.
+
+Stopping (SIGTERM, SIGINT) drains within `server.shutdown_grace_s`: new sessions are refused
+and each open one is told it is going away and closed (`OrchestratorServer.drain`), then the
+HTTP server stops. Without the drain an open WebSocket kept aiohttp's shutdown waiting (up to
+its 60 s `shutdown_timeout`) until the heartbeat dropped the socket, ~31 s later."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from duplexd.asr import create_asr
 from duplexd.auth import ensure_safe_bind
 from duplexd.config import OrchestratorConfig, resolve_path
 from duplexd.logging import get_logger
+from duplexd.orchestrator.endofturn import load_end_of_turn
 from duplexd.orchestrator.registry import Registry, StaticRegistry
 from duplexd.orchestrator.routing import RoutingPolicy
 from duplexd.orchestrator.server import OrchestratorServer
@@ -43,8 +49,19 @@ async def run_orchestrator(
     )  # fmt: skip
     registry = _registry(cfg)
     await registry.start()
-    server = OrchestratorServer(SessionDeps.production(cfg, asr, registry, policy, OrchTelemetry()))
-    runner = web.AppRunner(server.app, access_log=None)
+    turn = cfg.turn
+    model = resolve_path(turn.smart_turn_model, config_file) if turn.smart_turn_model else None
+    end_of_turn, eot_warning = await asyncio.to_thread(
+        load_end_of_turn, turn.end_of_turn, model, threshold=turn.smart_turn_threshold
+    )
+    deps = SessionDeps.production(cfg, asr, registry, policy, OrchTelemetry(), end_of_turn)
+    if eot_warning:
+        deps.warnings.append(eot_warning)
+    server = OrchestratorServer(deps)
+    grace_s = cfg.server.shutdown_grace_s
+    reserve_s = min(1.0, grace_s / 3)  # of the grace, for the HTTP server and registry to stop
+    # after the drain, handlers still running get reserve/2 to finish, then as long cancelled
+    runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=reserve_s / 2)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
     await site.start()
@@ -57,8 +74,8 @@ async def run_orchestrator(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("orchestrator draining", sessions=len(server.sessions))
-    await server.aclose()
+    log.info("orchestrator draining", sessions=len(server.sessions), grace_s=grace_s)
+    await server.drain(grace_s - reserve_s)
     await runner.cleanup()
     await registry.aclose()
     log.info("orchestrator stopped")

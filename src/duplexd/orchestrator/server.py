@@ -1,73 +1,47 @@
 """The orchestrator's one port: WebSocket and WebRTC (WHIP) sessions, the web client, and
-/healthz, /readyz, /status, /models, /metrics."""
+/healthz, /readyz, /status, /models, /metrics.
+
+Routes only: the WebSocket transport is `ws.py`, WHIP signalling `whip.py` (calls in
+`webrtc.py`), and both hand client messages to the one `Dispatcher` (`dispatch.py`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from duplexd import __version__
 from duplexd.auth import check_key, key_from_metadata
-from duplexd.errors import AuthError, DuplexError, InvalidArgument
-from duplexd.logging import get_logger, session_context
-from duplexd.orchestrator.protocol import (
-    HEADER,
-    EndMsg,
-    Hello,
-    LlmMsg,
-    PingMsg,
-    TextMsg,
-    parse_client_json,
-)
+from duplexd.errors import AuthError, DuplexError
+from duplexd.logging import get_logger
+from duplexd.orchestrator.dispatch import GOING_AWAY, Dispatcher
 from duplexd.orchestrator.session import Session, SessionDeps
-from duplexd.orchestrator.transport import Outbox, dumps
+from duplexd.orchestrator.ws import WsService
 from duplexd.rpc import tts_pb2 as pb
 
 if TYPE_CHECKING:
-    from duplexd.audio.opus import OpusEncoder
-    from duplexd.orchestrator.webrtc import WhipService
+    from duplexd.orchestrator.whip import WhipService
 
-__all__ = ["WEB_DIR", "OrchestratorServer", "WsTransport"]
+__all__ = ["WEB_DIR", "OrchestratorServer"]
 
 log = get_logger("duplexd.orchestrator.server")
 
-_HELLO_TIMEOUT_S = 10.0
-_MAX_BAD_FRAMES_REPORTED = 5  # after this many, malformed frames are counted, not each reported
 WEB_DIR = Path(__file__).parent / "web"
 _WEBRTC_EXTRA = "pip install 'duplex[webrtc]' (aiortc)"
-
-
-class WsTransport:
-    def __init__(self, ws: web.WebSocketResponse) -> None:
-        self.ws = ws
-        self.encoder: OpusEncoder | None = None  # set when the hello asks for codec opus
-
-    async def send_event(self, event: dict[str, Any]) -> None:
-        if not self.ws.closed:
-            await self.ws.send_str(dumps(event))
-
-    async def send_audio(self, message: bytes) -> None:
-        if self.ws.closed:
-            return
-        if self.encoder is not None:  # same header, one Opus packet instead of the PCM
-            packet = self.encoder.encode(message[HEADER.size :])
-            message = message[: HEADER.size] + packet
-        await self.ws.send_bytes(message)
 
 
 class OrchestratorServer:
     def __init__(self, deps: SessionDeps) -> None:
         self.deps = deps
-        self.sessions: dict[str, Session] = {}
+        self.dispatch = Dispatcher(deps)
+        self.sessions: dict[str, Session] = self.dispatch.sessions
         self.started = time.time()
+        self._ws = WsService(self.dispatch)
         self._whip: WhipService | None = None
         self.webrtc_unavailable = self._webrtc_unavailable()
         self.app = web.Application()
@@ -93,8 +67,9 @@ class OrchestratorServer:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready = [w.name for w in self.deps.registry.healthy() if w.resident]
-        body = {"ready": bool(ready), "workers": ready}
-        return web.json_response(body, status=200 if ready else 503)
+        draining = self.dispatch.going_away is not None  # SIGTERM: no new sessions
+        body = {"ready": bool(ready) and not draining, "workers": ready, "draining": draining}
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def status(self, request: web.Request) -> web.Response:
         reg = self.deps.registry
@@ -113,6 +88,11 @@ class OrchestratorServer:
             },
             "turn_total_ms_p50": round(self.deps.telemetry.turn_total.p(50), 1),
             "bargein_pause_ms_p95": round(self.deps.telemetry.pause.p(95), 1),
+            "end_of_turn": {
+                "engine": self.deps.end_of_turn.name if self.deps.end_of_turn else "silence",
+                "model_ms_p95": round(self.deps.telemetry.eot_model.p(95), 1),
+            },
+            "warnings": list(self.deps.warnings),
         })  # fmt: skip
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -127,7 +107,7 @@ class OrchestratorServer:
         return "webrtc" if self._whip is not None and session_id in self._whip.calls else "ws"
 
     async def models(self, request: web.Request) -> web.Response:
-        """The union of the workers' models (ModelInfo), with the voices the catalog names."""
+        """The union of the workers' models, as their ListModels reports them (voices included)."""
         merged: dict[str, dict[str, Any]] = {}
         for worker in self.deps.registry.workers.values():
             for m in worker.models:
@@ -136,7 +116,8 @@ class OrchestratorServer:
                     "tags": list(m.tags), "native_sr": m.native_sr, "default": False,
                     "resident": False, "pinned": False, "available": False,
                     "unavailable_reason": "", "memory_bytes": m.memory_bytes, "workers": [],
-                    "resident_on": [],
+                    "resident_on": [], "voices": list(m.voices),
+                    "default_voice": m.default_voice or None, "description": m.description,
                 })  # fmt: skip
                 entry["workers"].append(worker.name)
                 entry["default"] = entry["default"] or m.is_default
@@ -148,12 +129,6 @@ class OrchestratorServer:
                     entry["available"] = True
                 elif m.unavailable_reason:
                     entry["unavailable_reason"] = m.unavailable_reason
-        catalog = _local_catalog()
-        for entry in merged.values():
-            meta = catalog.get(entry["id"], {})
-            entry["voices"] = meta.get("voices", [])
-            entry["default_voice"] = meta.get("default_voice")
-            entry["description"] = meta.get("description", "")
         models = sorted(merged.values(), key=lambda e: (not e["default"], not e["resident"],
                                                         e["id"]))  # fmt: skip
         default = next((e["id"] for e in models if e["default"]), None)
@@ -170,13 +145,12 @@ class OrchestratorServer:
         if not self.deps.config.transport.webrtc:
             return "WebRTC is turned off on this orchestrator (transport.webrtc: false)"
         try:
-            from duplexd.orchestrator.webrtc import WhipService
+            from duplexd.orchestrator.webrtc import RtcCall  # noqa: F401  # needs aiortc
+            from duplexd.orchestrator.whip import WhipService
         except ImportError as exc:
             return f"WebRTC needs the `webrtc` extra: {_WEBRTC_EXTRA} ({exc})"
         try:
-            self._whip = WhipService(
-                self.deps, self.sessions, on_json=self._on_json, report=self._error
-            )
+            self._whip = WhipService(self.dispatch)
         except DuplexError as exc:  # a bad transport.ice_servers entry
             return f"WebRTC is misconfigured: {exc}"
         return None
@@ -196,11 +170,11 @@ class OrchestratorServer:
     async def whip_post(self, request: web.Request) -> web.Response:
         """An SDP offer in, a session and its SDP answer out (201 + Location)."""
         whip = self._whip_service(request)  # 501 before anything needs aiortc
-        from duplexd.orchestrator.webrtc import http_status, read_offer
+        from duplexd.orchestrator.whip import http_status, read_offer, whip_hello
 
         try:
             offer = await read_offer(request)
-            hello = _whip_hello(request)
+            hello = whip_hello(request)
             call, answer = await whip.answer(offer, hello)
         except DuplexError as exc:
             code = exc.status.lower()
@@ -236,193 +210,26 @@ class OrchestratorServer:
             text="trickle ICE and ICE restarts are not supported: send a complete offer\n",
         )
 
-    # -- WebSocket sessions --------------------------------------------------------------
+    # -- WebSocket sessions (ws.py) and shutdown ------------------------------------------
 
     async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1 << 20)
-        await ws.prepare(request)
-        transport = WsTransport(ws)
-        outbox = Outbox(transport)
-        outbox.start()
-        session: Session | None = None
-        try:
-            hello = await self._hello(ws, request, outbox)
-            if hello is not None and hello.codec == "opus":
-                from duplexd.audio.opus import OpusEncoder
+        return await self._ws.handle(request)
 
-                transport.encoder = OpusEncoder(48_000)
-            if hello is not None:
-                session = await self._open(hello, outbox)
-            if session is not None:
-                with session_context(session.id):
-                    await self._serve(ws, session, outbox, hello)  # type: ignore[arg-type]
-        finally:
-            if session is not None:
-                self.sessions.pop(session.id, None)
-                await session.aclose()
-            await outbox.aclose()
-            await ws.close()
-        return ws
-
-    async def _hello(
-        self, ws: web.WebSocketResponse, request: web.Request, outbox: Outbox
-    ) -> Hello | None:
+    async def drain(self, timeout_s: float, reason: str = GOING_AWAY) -> None:
+        """Going away (SIGTERM): refuse new sessions (readyz 503, a fatal error to a new /ws,
+        503 to a WHIP offer), tell each live session why (a fatal `unavailable` error event;
+        a WebSocket also gets a close frame 1001 with `reason`) and close it, ending its
+        worker session; all within `timeout_s`."""
+        self.dispatch.going_away = reason
+        log.info("draining sessions", sessions=len(self.sessions), timeout_s=timeout_s)
+        closing = [self._ws.aclose(reason)]
+        if self._whip is not None:
+            closing.append(self._whip.aclose(reason))
         try:
-            msg = await ws.receive(timeout=_HELLO_TIMEOUT_S)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*closing)
         except TimeoutError:
-            self._error(outbox, InvalidArgument("no hello within 10 s"), fatal=True)
-            return None
-        if msg.type != WSMsgType.TEXT:
-            self._error(
-                outbox, InvalidArgument("the first message must be a JSON hello"), fatal=True
-            )
-            return None
-        try:
-            hello = parse_client_json(msg.data)
-            if not isinstance(hello, Hello):
-                raise InvalidArgument("the first message must be a hello")
-            presented = hello.api_key or key_from_metadata(request.headers.items())
-            check_key(self.deps.config.auth.api_key, presented)
-        except DuplexError as exc:
-            self._error(outbox, exc, fatal=True)
-            return None
-        return hello
-
-    async def _open(self, hello: Hello, outbox: Outbox) -> Session | None:
-        if len(self.sessions) >= self.deps.config.sessions.max:
-            self._error(outbox, DuplexError("server busy: session limit reached"), fatal=True,
-                        code="busy")  # fmt: skip
-            return None
-        session = Session(self.deps, hello, outbox)
-        try:
-            await session.start()
-        except DuplexError as exc:
-            self._error(outbox, exc, fatal=True)
-            await session.aclose()
-            return None
-        self.sessions[session.id] = session
-        return session
-
-    async def _serve(
-        self, ws: web.WebSocketResponse, session: Session, outbox: Outbox, hello: Hello
-    ) -> None:
-        idle = self.deps.config.sessions.idle_timeout_s
-        audio_in = _AudioIn(hello)
-        while True:
-            try:
-                msg = await ws.receive(timeout=idle)
-            except TimeoutError:
-                self._error(outbox, DuplexError(f"idle for {idle:.0f} s"), fatal=True,
-                            code="idle_timeout")  # fmt: skip
-                return
-            if msg.type == WSMsgType.BINARY:
-                try:
-                    for pcm in audio_in.frames(msg.data):
-                        session.on_audio(pcm)
-                except InvalidArgument as exc:
-                    audio_in.bad_frames += 1
-                    if audio_in.bad_frames <= _MAX_BAD_FRAMES_REPORTED:
-                        self._error(outbox, exc, code="malformed_frame")
-            elif msg.type == WSMsgType.TEXT:
-                if not self._on_json(msg.data, session, outbox):
-                    return
-            else:  # CLOSE, CLOSING, CLOSED, ERROR
-                return
-
-    def _on_json(self, raw: str, session: Session, outbox: Outbox) -> bool:
-        try:
-            msg = parse_client_json(raw)
-        except DuplexError as exc:
-            self._error(outbox, exc)
-            return True
-        match msg:
-            case TextMsg():
-                session.on_text(msg.text)
-            case LlmMsg():
-                session.on_llm(msg.text, msg.final)
-            case PingMsg():
-                outbox.event({"type": "pong", "t": msg.t, "server_t": time.time()})
-            case EndMsg():
-                return False
-            case Hello():
-                self._error(outbox, InvalidArgument("hello was already received"))
-        return True
-
-    def _error(
-        self, outbox: Outbox, exc: DuplexError, *, fatal: bool = False, code: str | None = None
-    ) -> None:
-        code = code or ("unauthenticated" if isinstance(exc, AuthError) else exc.status.lower())
-        self.deps.telemetry.c_errors.labels(code).inc()
-        outbox.event({"type": "error", "code": code, "message": str(exc), "fatal": fatal})
+            log.warning("sessions still open after the drain", sessions=sorted(self.sessions))
 
     async def aclose(self) -> None:
-        if self._whip is not None:
-            await self._whip.aclose()
-        for session in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.aclose()
-        await asyncio.sleep(0)
-
-
-class _AudioIn:
-    """A WebSocket session's binary messages -> 20 ms PCM frames (PCM as is, or Opus decoded)."""
-
-    def __init__(self, hello: Hello) -> None:
-        self.hello = hello
-        self.frame_bytes = hello.input_frame_bytes()
-        self.bad_frames = 0
-        self.decoder = None
-        if hello.codec == "opus":
-            from duplexd.audio.opus import OpusDecoder
-
-            self.decoder = OpusDecoder(hello.sample_rate)
-
-    def frames(self, data: bytes) -> list[bytes]:
-        if self.decoder is not None:
-            try:
-                return self.decoder.decode(data)
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"malformed frame: {exc}; dropped") from None
-        if len(data) != self.frame_bytes:
-            raise InvalidArgument(
-                f"malformed frame: {len(data)} bytes, expected {self.frame_bytes} "
-                f"(20 ms of s16le mono at {self.hello.sample_rate} Hz); dropped"
-            )
-        return [data]
-
-
-def _whip_hello(request: web.Request) -> Hello:
-    """A WebRTC session's hello: 48 kHz in; model, voice, language and aec from the query."""
-    query = request.query
-    unknown = set(query) - {"model", "voice", "language", "aec"}
-    if unknown:
-        raise InvalidArgument(f"unknown WHIP query parameter(s): {', '.join(sorted(unknown))}",
-                              hint="model, voice, language, aec")  # fmt: skip
-    hello: dict[str, Any] = {"type": "hello", "sample_rate": 48_000}
-    for key in ("model", "voice", "language"):
-        if query.get(key):
-            hello[key] = query[key]
-    if "aec" in query:
-        hello["aec"] = query["aec"].lower() not in ("0", "false", "no", "off")
-    msg = parse_client_json(json.dumps(hello))
-    assert isinstance(msg, Hello)
-    return msg
-
-
-@functools.cache
-def _local_catalog() -> dict[str, dict[str, Any]]:
-    """Voices and descriptions from this host's catalog (best effort: workers may differ)."""
-    try:
-        from duplexd.config import ModelManagerConfig, resolve_path
-        from duplexd.tts.catalog import Catalog
-
-        mm = ModelManagerConfig()
-        catalog = Catalog.load(resolve_path(mm.catalog), resolve_path(mm.voicepacks_dir))
-    except Exception as exc:
-        log.info("no local model catalog for /models voices", error=str(exc))
-        return {}
-    return {
-        m.model_id: {"voices": list(m.voices), "default_voice": m.default_voice,
-                     "description": m.description}
-        for m in catalog
-    }  # fmt: skip
+        await self.drain(self.deps.config.server.shutdown_grace_s)

@@ -1,4 +1,6 @@
-"""The seam between a session and how its audio travels (WebSocket today, WebRTC next).
+"""The seam between a session and how its audio travels: a `Transport` is a WebSocket
+(`ws.WsTransport`) or a WebRTC peer (`webrtc.RtcTransport`); client messages from either go
+through the one `dispatch.Dispatcher`.
 
 A session writes events and audio into an `Outbox`; one writer task per connection drains it
 into the transport, in order. Barge-in calls `flush_audio()`: queued reply audio is dropped on

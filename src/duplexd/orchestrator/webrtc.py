@@ -1,12 +1,8 @@
-"""The WebRTC transport (aiortc), signalled with WHIP (RFC 9725) on the orchestrator's port.
+"""The WebRTC transport (aiortc): one peer connection feeding one ordinary `Session`.
 
-    POST /whip            Content-Type: application/sdp, the offer  -> 201 Created, the answer,
-                          Location: /whip/<session id>
-    DELETE /whip/<id>     ends the session                          -> 200
-    OPTIONS /whip         ICE servers as `Link: <url>; rel="ice-server"` headers
-
-A call is one `RTCPeerConnection` feeding one ordinary `Session`: the same events and latency
-figures as the WebSocket, through the same `Outbox`.
+WHIP signalling (the HTTP side: `POST /whip`, SDP checks, ICE servers) is in `whip.py`; this
+module is the call itself: the same events and latency figures as the WebSocket, through the
+same `Outbox`, and client messages through the same `Dispatcher`.
 
 - Mic: Opus from the browser, decoded by aiortc to 48 kHz; re-cut here (PyAV's resampler,
   downmix to mono) into exact 20 ms frames for `session.on_audio` (hello sample_rate 48000).
@@ -27,10 +23,6 @@ figures as the WebSocket, through the same `Outbox`.
   connection within `CONNECT_TIMEOUT_S`, a DELETE, an `end` message, or no conversation (no
   speech, text or reply) for `sessions.idle_timeout_s` close the call: session, Outbox, tasks
   and peer connection, and nothing else.
-
-ICE: aiortc gathers host candidates on every non-loopback interface (plus STUN/TURN from
-`transport.ice_servers`), completes gathering before answering (no trickle: PATCH gets 405),
-and browsers on the same host or LAN connect with no server at all.
 """
 
 from __future__ import annotations
@@ -41,12 +33,10 @@ import contextlib
 import fractions
 import json
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import av
-from aiohttp import web
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -58,13 +48,13 @@ from aiortc import (
 )
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import SessionDescription
 
 from duplexd.audio.frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE
 from duplexd.errors import DuplexError, InvalidArgument
 from duplexd.logging import get_logger, session_context
+from duplexd.orchestrator.dispatch import Dispatcher
 from duplexd.orchestrator.protocol import HEADER, Hello
-from duplexd.orchestrator.session import Session, SessionDeps
+from duplexd.orchestrator.session import Session
 from duplexd.orchestrator.transport import Outbox, dumps
 
 __all__ = [
@@ -74,12 +64,6 @@ __all__ = [
     "RtcCall",
     "RtcOutbox",
     "RtcTransport",
-    "WhipService",
-    "check_offer",
-    "http_status",
-    "ice_link_headers",
-    "parse_ice_server",
-    "read_offer",
 ]
 
 log = get_logger("duplexd.orchestrator.webrtc")
@@ -90,20 +74,9 @@ MEDIA_TIMEOUT_S = 10.0  # a connected peer whose mic sends nothing for this long
 _WATCHDOG_S = 1.0
 _MAX_PENDING_EVENTS = 1000  # events held until the data channel opens
 _SLOT_WAIT_S = 0.2  # a track not pulling frames (not yet sending) makes the writer drop them
-_MAX_OFFER_BYTES = 64 * 1024
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 _ACTIVE_EVENTS = frozenset({"vad", "transcript", "reply", "state"})
 _MIC_PREFETCH = 1  # frames aiortc's receive jitter buffer holds before decoding (its default: 4)
-
-# HTTP status for the errors a session start can raise
-_HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "NOT_FOUND": 404,
-    "UNAUTHENTICATED": 401,
-    "RESOURCE_EXHAUSTED": 503,
-    "UNAVAILABLE": 503,
-    "FAILED_PRECONDITION": 409,
-}
 
 
 # -- the outgoing track ----------------------------------------------------------------------
@@ -242,61 +215,7 @@ class RtcOutbox(Outbox):
         return super().flush_audio() + self.rtc.track.flush()
 
 
-# -- signalling helpers ------------------------------------------------------------------------
-
-
-def parse_ice_server(url: str) -> RTCIceServer:
-    """`stun:host:port`, `turn:host:port?transport=udp`, credentials as `turn:USER:PASS@host`."""
-    scheme, sep, rest = url.partition(":")
-    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
-        raise InvalidArgument(f"transport.ice_servers: {url!r} is not a stun:/turn: URL")
-    if "@" in rest:
-        creds, host = rest.rsplit("@", 1)
-        user, _, password = creds.partition(":")
-        return RTCIceServer(
-            urls=f"{scheme}:{host}",
-            username=urllib.parse.unquote(user),
-            credential=urllib.parse.unquote(password),
-        )
-    return RTCIceServer(urls=url)
-
-
-def ice_link_headers(urls: list[str]) -> list[str]:
-    """RFC 9725 section 4.6: one `Link` header value per ICE server."""
-    out = []
-    for url in urls:
-        server = parse_ice_server(url)
-        value = f'<{server.urls}>; rel="ice-server"'
-        if server.username is not None:
-            value += (
-                f'; username="{server.username}"; credential="{server.credential}"'
-                '; credential-type="password"'
-            )
-        out.append(value)
-    return out
-
-
-def check_offer(sdp: str) -> SessionDescription:
-    """Parse an offer and insist on an audio section that offers Opus (else InvalidArgument)."""
-    if len(sdp) > _MAX_OFFER_BYTES:
-        raise InvalidArgument(f"SDP offer too large ({len(sdp)} bytes)")
-    if not sdp.lstrip().startswith("v=0"):
-        raise InvalidArgument("malformed SDP offer: it must start with v=0")
-    try:
-        parsed = SessionDescription.parse(sdp)
-    except Exception as exc:
-        raise InvalidArgument(f"malformed SDP offer: {exc or type(exc).__name__}") from None
-    audio = [m for m in parsed.media if m.kind == "audio"]
-    if not audio:
-        kinds = ", ".join(m.kind for m in parsed.media) or "none"
-        raise InvalidArgument(f"the offer has no audio section (media: {kinds})")
-    codecs = [c.mimeType for c in audio[0].rtp.codecs]
-    if "audio/opus" not in {c.lower() for c in codecs}:
-        offered = ", ".join(sorted({c.split("/", 1)[-1] for c in codecs})) or "none"
-        raise InvalidArgument(f"unsupported audio codec: Opus is required (offered: {offered})")
-    if audio[0].direction == "inactive":
-        raise InvalidArgument("the offer's audio section is inactive")
-    return parsed
+# -- helpers ----------------------------------------------------------------------------------
 
 
 def _is_ping(message: str) -> bool:
@@ -324,24 +243,24 @@ def _opus_only() -> list[Any]:
 
 # -- one call ------------------------------------------------------------------------------------
 
-JsonHandler = Callable[[str, Session, Outbox], bool]
-
 
 class RtcCall:
     """One peer connection and its session, with everything that must end with them."""
 
     def __init__(
         self,
-        service: WhipService,
+        dispatch: Dispatcher,
         session: Session,
         outbox: RtcOutbox,
         transport: RtcTransport,
         pc: RTCPeerConnection,
         *,
         expects_audio: bool,
+        on_close: Callable[[RtcCall], None],
     ) -> None:
-        self.service, self.session, self.outbox = service, session, outbox
+        self.dispatch, self.session, self.outbox = dispatch, session, outbox
         self.transport, self.pc = transport, pc
+        self._on_close = on_close
         self.id = session.id
         self.expects_audio = expects_audio
         self.created = time.monotonic()
@@ -352,6 +271,52 @@ class RtcCall:
         self.close_reason = ""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        dispatch: Dispatcher,
+        hello: Hello,
+        offer_sdp: str,
+        *,
+        ice_servers: list[RTCIceServer],
+        expects_audio: bool,
+        on_close: Callable[[RtcCall], None],
+    ) -> RtcCall:
+        """Start a session and answer `offer_sdp` (the answer: `call.pc.localDescription`).
+
+        Raises DuplexError (InvalidArgument for an offer aiortc cannot answer) with nothing
+        left running. `on_close` hears of the call's end, whatever ends it.
+        """
+        track = ReplyTrack()
+        transport = RtcTransport(track)
+        outbox = RtcOutbox(transport)
+        outbox.start()
+        session = Session(dispatch.deps, hello, outbox)
+        try:
+            await session.start()
+        except BaseException:
+            await session.aclose()
+            await outbox.aclose(drain_s=0)
+            track.stop()
+            raise
+        # a list even when empty: None would make aiortc ask Google's public STUN server
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+        call = cls(dispatch, session, outbox, transport, pc, expects_audio=expects_audio,
+                   on_close=on_close)  # fmt: skip
+        pc.on("track", call.on_track)
+        try:
+            transceiver = pc.addTransceiver(track, direction="sendrecv")
+            transceiver.setCodecPreferences(_opus_only())
+            _low_latency_mic(transceiver.receiver)
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException as exc:
+            await call.aclose("negotiation failed")
+            if isinstance(exc, Exception) and not isinstance(exc, DuplexError):
+                raise InvalidArgument(f"cannot answer this offer: {exc}") from None
+            raise
+        return call
 
     def start(self) -> None:
         pc = self.pc
@@ -383,14 +348,14 @@ class RtcCall:
         if self.closed:
             return
         if isinstance(message, bytes):
-            self.service.report(self.outbox, InvalidArgument(
+            self.dispatch.error(self.outbox, InvalidArgument(
                 "binary data channel messages are not used: audio travels on the media track"
             ))  # fmt: skip
             return
         if not _is_ping(message):  # a keep-alive is not a conversation
             self.transport.last_activity = time.monotonic()
         with session_context(self.id):
-            keep = self.service.on_json(message, self.session, self.outbox)
+            keep = self.dispatch.on_json(message, self.session, self.outbox)
         if not keep:
             self.close_soon("the client sent end")
 
@@ -415,7 +380,7 @@ class RtcCall:
                     session.on_audio(pcm)
 
     async def _watchdog(self) -> None:
-        idle_s = self.service.deps.config.sessions.idle_timeout_s
+        idle_s = self.dispatch.deps.config.sessions.idle_timeout_s
         while not self.closed:
             await asyncio.sleep(min(_WATCHDOG_S, idle_s / 4))
             now = time.monotonic()
@@ -427,7 +392,7 @@ class RtcCall:
             if self.expects_audio and now - heard > MEDIA_TIMEOUT_S:
                 self.close_soon(f"no audio from the peer for {MEDIA_TIMEOUT_S:.0f} s")
             elif now - self.transport.last_activity > idle_s and self._quiet():
-                self.service.report(self.outbox, DuplexError(
+                self.dispatch.error(self.outbox, DuplexError(
                     f"idle for {idle_s:.0f} s: no speech, text or reply"
                 ), fatal=True, code="idle_timeout")  # fmt: skip
                 self.close_soon("idle timeout")
@@ -449,7 +414,7 @@ class RtcCall:
         played = self.transport.track.frames_played
         log.info("webrtc call ending", session_id=self.id, reason=reason,
                  frames_in=self.frames_in, frames_out=played)  # fmt: skip
-        self.service.forget(self)
+        self._on_close(self)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -486,115 +451,3 @@ class RtcCall:
             "frames_out": self.transport.track.frames_played,
             "data_channel": self.transport.channel is not None,
         }
-
-
-# -- the WHIP endpoint ------------------------------------------------------------------------
-
-Reporter = Callable[..., None]
-
-
-class WhipService:
-    """Answers WHIP offers with calls; owns every peer connection it created."""
-
-    def __init__(
-        self,
-        deps: SessionDeps,
-        sessions: dict[str, Session],
-        *,
-        on_json: JsonHandler,
-        report: Reporter,
-    ) -> None:
-        self.deps = deps
-        self.sessions = sessions
-        self.on_json = on_json
-        self.report = report
-        self.calls: dict[str, RtcCall] = {}
-        self.ice_servers = [parse_ice_server(u) for u in deps.config.transport.ice_servers]
-
-    def link_headers(self) -> list[str]:
-        return ice_link_headers(self.deps.config.transport.ice_servers)
-
-    async def answer(self, offer_sdp: str, hello: Hello) -> tuple[RtcCall, str]:
-        """Start a session for this offer; returns the call and the SDP answer.
-
-        Raises DuplexError (InvalidArgument for a bad offer) with nothing left running.
-        """
-        parsed = check_offer(offer_sdp)
-        audio = next(m for m in parsed.media if m.kind == "audio")
-        expects_audio = audio.direction in (None, "sendrecv", "sendonly")
-        if len(self.sessions) >= self.deps.config.sessions.max:
-            raise _Busy("server busy: session limit reached")
-        track = ReplyTrack()
-        transport = RtcTransport(track)
-        outbox = RtcOutbox(transport)
-        outbox.start()
-        session = Session(self.deps, hello, outbox)
-        try:
-            await session.start()
-        except BaseException:
-            await session.aclose()
-            await outbox.aclose(drain_s=0)
-            track.stop()
-            raise
-        # a list even when empty: None would make aiortc ask Google's public STUN server
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
-        call = RtcCall(self, session, outbox, transport, pc, expects_audio=expects_audio)
-        pc.on("track", call.on_track)
-        try:
-            transceiver = pc.addTransceiver(track, direction="sendrecv")
-            transceiver.setCodecPreferences(_opus_only())
-            _low_latency_mic(transceiver.receiver)
-            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
-        except BaseException as exc:
-            await call.aclose("negotiation failed")
-            if isinstance(exc, Exception) and not isinstance(exc, DuplexError):
-                raise InvalidArgument(f"cannot answer this offer: {exc}") from None
-            raise
-        self.calls[call.id] = call
-        self.sessions[session.id] = session
-        call.start()
-        log.info("webrtc call answered", session_id=call.id, model=hello.model)
-        return call, pc.localDescription.sdp
-
-    def forget(self, call: RtcCall) -> None:
-        self.calls.pop(call.id, None)
-        if self.sessions.get(call.id) is call.session:
-            self.sessions.pop(call.id, None)
-
-    async def end(self, call_id: str) -> bool:
-        call = self.calls.get(call_id)
-        if call is None:
-            return False
-        await call.aclose("DELETE from the client")
-        return True
-
-    async def aclose(self) -> None:
-        for call in list(self.calls.values()):
-            with contextlib.suppress(Exception):
-                await call.aclose("orchestrator shutting down")
-
-
-class _Busy(DuplexError):
-    status = "RESOURCE_EXHAUSTED"
-
-
-def http_status(exc: DuplexError) -> int:
-    return _HTTP_STATUS.get(exc.status, 500)
-
-
-async def read_offer(request: web.Request) -> str:
-    ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if ctype != "application/sdp":
-        raise web.HTTPUnsupportedMediaType(
-            text=f"WHIP offers are Content-Type application/sdp, got {ctype or 'none'!r}\n"
-        )
-    if request.content_length is not None and request.content_length > _MAX_OFFER_BYTES:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=_MAX_OFFER_BYTES, actual_size=request.content_length
-        )
-    raw = await request.read()
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        raise InvalidArgument("malformed SDP offer: not UTF-8 text") from None

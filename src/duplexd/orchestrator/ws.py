@@ -1,0 +1,274 @@
+"""The WebSocket transport (docs/protocol.md): one connection at `/ws` is one session.
+
+In: a JSON hello, then binary 20 ms mic frames (PCM, or one Opus packet each) and JSON control
+messages, which go to the shared `Dispatcher`. Out: the Outbox's JSON events and audio frames
+(8-byte header + PCM or one Opus packet). `WsService` owns the live connections so that a
+shutdown can tell each one it is going away: a fatal `unavailable` error event, then a close
+frame with code 1001 and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+
+from duplexd.auth import check_key, key_from_metadata
+from duplexd.errors import BusyError, DaemonUnavailable, DuplexError, InvalidArgument
+from duplexd.logging import get_logger, session_context
+from duplexd.orchestrator.dispatch import Dispatcher
+from duplexd.orchestrator.protocol import HEADER, Hello, parse_client_json
+from duplexd.orchestrator.session import Session
+from duplexd.orchestrator.transport import Outbox, dumps
+
+if TYPE_CHECKING:
+    from duplexd.audio.opus import OpusEncoder
+
+__all__ = ["AudioIn", "WsConnection", "WsService", "WsTransport"]
+
+log = get_logger("duplexd.orchestrator.ws")
+
+HELLO_TIMEOUT_S = 10.0
+MAX_BAD_FRAMES_REPORTED = 5  # after this many, malformed frames are counted, not each reported
+_GOING_AWAY_DRAIN_S = 0.5  # going away: time for the queued events (and the error) to go out
+_GOING_AWAY_CLOSE_S = 1.0  # ...and for the client to answer the close frame
+
+
+class WsTransport:
+    """`Transport` over one WebSocket: events as text, audio as binary messages."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.encoder: OpusEncoder | None = None  # set when the hello asks for codec opus
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(dumps(event))
+
+    async def send_audio(self, message: bytes) -> None:
+        if self.ws.closed:
+            return
+        if self.encoder is not None:  # same header, one Opus packet instead of the PCM
+            packet = self.encoder.encode(message[HEADER.size :])
+            message = message[: HEADER.size] + packet
+        await self.ws.send_bytes(message)
+
+
+class AudioIn:
+    """A WebSocket session's binary messages -> 20 ms PCM frames (PCM as is, or Opus decoded)."""
+
+    def __init__(self, hello: Hello) -> None:
+        self.hello = hello
+        self.frame_bytes = hello.input_frame_bytes()
+        self.bad_frames = 0
+        self.decoder = None
+        if hello.codec == "opus":
+            from duplexd.audio.opus import OpusDecoder
+
+            self.decoder = OpusDecoder(hello.sample_rate)
+
+    def frames(self, data: bytes) -> list[bytes]:
+        if self.decoder is not None:
+            try:
+                return self.decoder.decode(data)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"malformed frame: {exc}; dropped") from None
+        if len(data) != self.frame_bytes:
+            raise InvalidArgument(
+                f"malformed frame: {len(data)} bytes, expected {self.frame_bytes} "
+                f"(20 ms of s16le mono at {self.hello.sample_rate} Hz); dropped"
+            )
+        return [data]
+
+
+class WsConnection:
+    """One WebSocket from upgrade to close: hello, session, serve loop, cleanup.
+
+    The conversation (hello, session start, serve loop) runs in its own task, so `go_away`
+    can stop it where it waits for the client; the connection then says why (a fatal error
+    event) and closes with 1001 and the reason, a clean closing handshake.
+    """
+
+    def __init__(self, request: web.Request, dispatch: Dispatcher) -> None:
+        self.request = request
+        self.dispatch = dispatch
+        self.ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1 << 20)
+        self.transport = WsTransport(self.ws)
+        self.outbox = Outbox(self.transport)
+        self.session: Session | None = None
+        self.done = asyncio.Event()
+        self._leaving: str | None = None  # go_away's reason
+        self._talk: asyncio.Task[None] | None = None
+        self._receiving = False  # the conversation waits in ws.receive()
+
+    async def run(self) -> web.WebSocketResponse:
+        ws, outbox = self.ws, self.outbox
+        try:
+            await ws.prepare(self.request)
+            outbox.start()
+            if self.dispatch.going_away is None:  # draining: refused before the hello
+                await self._converse_until_done()
+        finally:
+            leaving = (self._leaving or self.dispatch.going_away) if ws.prepared else None
+            if leaving is not None:  # the goodbye goes out before the session winds down
+                outbox.flush_audio()  # no reply audio ahead of it
+                self.dispatch.error(outbox, DaemonUnavailable(leaving), fatal=True)
+                await outbox.aclose(drain_s=_GOING_AWAY_DRAIN_S)
+            if self.session is not None:
+                self.dispatch.sessions.pop(self.session.id, None)
+                await self.session.aclose()
+            await outbox.aclose()
+            if leaving is not None:  # 1001 + reason; a client that never answers is cut off
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_GOING_AWAY_CLOSE_S):
+                        await ws.close(code=WSCloseCode.GOING_AWAY, message=leaving.encode()[:123])
+            elif ws.prepared:
+                await ws.close()
+            self.done.set()
+        return ws
+
+    async def go_away(self, reason: str) -> None:
+        """Stop the conversation, tell the client why (error event, close 1001 + reason) and
+        close the session; returns once all that is done."""
+        if self._leaving is None:
+            self._leaving = reason
+            if self._receiving and self._talk is not None:
+                self._talk.cancel()  # as a receive timeout would; otherwise see `_receive`
+        await self.done.wait()
+
+    async def _converse_until_done(self) -> None:
+        talk = self._talk = asyncio.create_task(self._converse(), name="ws-conversation")
+        try:
+            await asyncio.wait({talk})
+        finally:
+            if not talk.done():  # the handler itself is cancelled (server shutdown)
+                talk.cancel()
+                await asyncio.wait({talk})
+        if not talk.cancelled() and (exc := talk.exception()) is not None:
+            raise exc
+
+    async def _converse(self) -> None:
+        hello = await self._hello()
+        if hello is None:
+            return
+        if hello.codec == "opus":
+            from duplexd.audio.opus import OpusEncoder
+
+            self.transport.encoder = OpusEncoder(48_000)
+        self.session = await self._open(hello)
+        if self.session is not None:
+            with session_context(self.session.id):
+                await self._serve(self.session, hello)
+
+    async def _receive(self, wait_s: float) -> WSMessage | None:
+        """The next client message; None once the connection is going away."""
+        if self._leaving is not None:
+            return None
+        self._receiving = True
+        try:
+            return await self.ws.receive(timeout=wait_s)
+        finally:
+            self._receiving = False
+
+    async def _hello(self) -> Hello | None:
+        outbox, dispatch = self.outbox, self.dispatch
+        try:
+            msg = await self._receive(HELLO_TIMEOUT_S)
+        except TimeoutError:
+            dispatch.error(outbox, InvalidArgument("no hello within 10 s"), fatal=True)
+            return None
+        if msg is None:
+            return None
+        if msg.type != WSMsgType.TEXT:
+            dispatch.error(
+                outbox, InvalidArgument("the first message must be a JSON hello"), fatal=True
+            )
+            return None
+        try:
+            hello = parse_client_json(msg.data)
+            if not isinstance(hello, Hello):
+                raise InvalidArgument("the first message must be a hello")
+            presented = hello.api_key or key_from_metadata(self.request.headers.items())
+            check_key(dispatch.deps.config.auth.api_key, presented)
+        except DuplexError as exc:
+            dispatch.error(outbox, exc, fatal=True)
+            return None
+        return hello
+
+    async def _open(self, hello: Hello) -> Session | None:
+        dispatch, outbox = self.dispatch, self.outbox
+        try:
+            dispatch.admit()
+        except BusyError as exc:
+            dispatch.error(outbox, exc, fatal=True, code="busy")
+            return None
+        except DuplexError as exc:
+            dispatch.error(outbox, exc, fatal=True)
+            return None
+        session = Session(dispatch.deps, hello, outbox)
+        try:
+            await session.start()
+        except DuplexError as exc:
+            dispatch.error(outbox, exc, fatal=True)
+            await session.aclose()
+            return None
+        except BaseException:  # cancelled (a forced shutdown): leave nothing on the worker
+            await session.aclose()
+            raise
+        dispatch.sessions[session.id] = session
+        return session
+
+    async def _serve(self, session: Session, hello: Hello) -> None:
+        outbox, dispatch = self.outbox, self.dispatch
+        idle = dispatch.deps.config.sessions.idle_timeout_s
+        audio_in = AudioIn(hello)
+        while True:
+            try:
+                msg = await self._receive(idle)
+            except TimeoutError:
+                dispatch.error(outbox, DuplexError(f"idle for {idle:.0f} s"), fatal=True,
+                               code="idle_timeout")  # fmt: skip
+                return
+            if msg is None:  # going away
+                return
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    for pcm in audio_in.frames(msg.data):
+                        session.on_audio(pcm)
+                except InvalidArgument as exc:
+                    audio_in.bad_frames += 1
+                    if audio_in.bad_frames <= MAX_BAD_FRAMES_REPORTED:
+                        dispatch.error(outbox, exc, code="malformed_frame")
+            elif msg.type == WSMsgType.TEXT:
+                if not dispatch.on_json(msg.data, session, outbox):
+                    return
+            else:  # CLOSE, CLOSING, CLOSED, ERROR
+                return
+
+
+class WsService:
+    """The `/ws` endpoint: runs each connection and can tell them all to go away."""
+
+    def __init__(self, dispatch: Dispatcher) -> None:
+        self.dispatch = dispatch
+        self.connections: set[WsConnection] = set()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        conn = WsConnection(request, self.dispatch)
+        self.connections.add(conn)
+        try:
+            return await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    async def aclose(self, reason: str) -> None:
+        """Every connection: error event, close 1001 with `reason`, session closed."""
+        conns = list(self.connections)
+        results = await asyncio.gather(*(c.go_away(reason) for c in conns),
+                                       return_exceptions=True)  # fmt: skip
+        for conn, result in zip(conns, results, strict=True):
+            if isinstance(result, Exception):
+                log.info("websocket did not go away cleanly", error=repr(result),
+                         session_id=conn.session.id if conn.session else None)  # fmt: skip
