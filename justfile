@@ -72,3 +72,17 @@ containers *IMAGES:
 # Build, bring the compose stack up under podman-compose, talk through it, kill/restore a worker, tear down
 containers-test:
     bash scripts/containers_test.sh
+
+# ===== Kubernetes (deploy/k8s, docs/scaling.md) =====
+
+# Render a deploy/k8s overlay (cpu | gpu | dev) as `kubectl apply -k` would apply it
+k8s-render OVERLAY="cpu":
+    {{run}} kubectl kustomize deploy/k8s/overlays/{{OVERLAY}}
+
+# Check deploy/k8s without a cluster: render, Kubernetes schemas, the daemons' CLI and config, probes
+k8s-check:
+    {{run}} pytest tests/deploy -q
+
+# Measure the daemons' memory and CPU the manifests request (starts a worker and an orchestrator)
+k8s-measure *FLAGS:
+    {{run}} python deploy/k8s/measure.py {{FLAGS}}

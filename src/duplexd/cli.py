@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from duplexd.errors import DuplexError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = ["app", "main"]
 
@@ -36,6 +40,16 @@ InsecureOpt = Annotated[
 ReadyFile = Annotated[
     Path | None,
     typer.Option("--ready-file", help="write {pid, addr, port, metrics_port} here once serving"),
+]
+
+CheckConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--check-config",
+        help="Check the effective config (file < DUPLEX_* env < flags) as start-up would, "
+        "print it as YAML (secrets masked) and exit 0; exit 2 (3: unknown default model) "
+        "with the reason. Starts nothing: for CI, containers, Kubernetes manifests.",
+    ),
 ]
 
 RedisOpt = Annotated[
@@ -109,6 +123,7 @@ def worker(
     ] = None,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
+    check_config: CheckConfigOpt = False,
 ) -> None:
     """Run a TTS worker: gRPC streaming synthesis with a hot-swapping Model Manager."""
     overrides: dict[str, Any] = {
@@ -133,6 +148,9 @@ def worker(
         "redis.url": redis,
         "redis.advertise": advertise,
     }
+    if check_config:
+        _check_config(_check_worker, config, overrides)
+        return
     from duplexd.config import WorkerConfig, load_config
     from duplexd.logging import configure_logging
 
@@ -172,6 +190,7 @@ def orchestrator(
     redis: RedisOpt = None,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
+    check_config: CheckConfigOpt = False,
 ) -> None:
     """Run the orchestrator: WebSocket sessions with VAD, ASR, turn-taking, barge-in, routing."""
     overrides: dict[str, Any] = {
@@ -188,6 +207,9 @@ def orchestrator(
         "auth.allow_insecure_remote": allow_insecure_remote,
         "redis.url": redis,
     }
+    if check_config:
+        _check_config(_check_orchestrator, config, overrides)
+        return
     from duplexd.config import OrchestratorConfig, load_config
     from duplexd.logging import configure_logging
 
@@ -216,6 +238,84 @@ async def _worker_main(cfg: Any, config_file: Path | None, ready_file: Path | No
     from duplexd.tts.app import run_worker
 
     await run_worker(cfg, config_file, ready_file)
+
+
+def _check_config(
+    check: Callable[[Path | None, dict[str, Any]], tuple[BaseModel, list[str]]],
+    config_file: Path | None,
+    overrides: dict[str, Any],
+) -> None:
+    """`--check-config`: what start-up would refuse, found without binding or loading anything.
+    The effective config goes to stdout as YAML (what it derives, as `#` comments after it)."""
+    import yaml
+
+    try:
+        cfg, notes = check(config_file, overrides)
+    except DuplexError as exc:
+        print(f"duplexd: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    print(yaml.safe_dump(_masked(cfg.model_dump(mode="json")), sort_keys=False), end="")
+    for note in notes:
+        print(f"# {note}")
+
+
+def _check_worker(
+    config_file: Path | None, overrides: dict[str, Any]
+) -> tuple[BaseModel, list[str]]:
+    """The worker's start-up checks up to loading a model: bind safety, the catalog and its
+    default model (fatal when missing), the preload ids (skipped with a warning), the address
+    it would announce."""
+    from duplexd.auth import ensure_safe_bind
+    from duplexd.config import WorkerConfig, load_config, resolve_path
+    from duplexd.tts.catalog import Catalog
+
+    cfg = load_config(WorkerConfig, config_file, overrides=overrides)
+    ensure_safe_bind(cfg.worker.host, cfg.auth.api_key, cfg.auth.allow_insecure_remote)
+    mm = cfg.model_manager
+    catalog = Catalog.load(
+        resolve_path(mm.catalog, config_file),
+        resolve_path(mm.voicepacks_dir, config_file),
+        mm.effective_models_dir,
+    )
+    catalog.get(mm.default_model_id)
+    for model_id in mm.preload_model_ids:
+        if model_id not in catalog:
+            print(f"duplexd: warning: preload model {model_id!r} is not in the catalog; "
+                  "the worker will skip it", file=sys.stderr)  # fmt: skip
+    notes = [f"serves gRPC on {cfg.worker.host}:{cfg.worker.port}"]
+    if cfg.redis.url:
+        from duplexd.fleet.announce import advertised_addr
+
+        addr = advertised_addr(cfg.redis.advertise, cfg.worker.host, cfg.worker.port)
+        notes.append(f"announces itself as {cfg.worker.name} at grpc://{addr}")
+    return cfg, notes
+
+
+def _check_orchestrator(
+    config_file: Path | None, overrides: dict[str, Any]
+) -> tuple[BaseModel, list[str]]:
+    """The orchestrator's start-up checks before loading ASR: bind safety, the routing policy
+    file and mode."""
+    from duplexd.auth import ensure_safe_bind
+    from duplexd.config import OrchestratorConfig, load_config, resolve_path
+    from duplexd.orchestrator.routing import RoutingPolicy
+
+    cfg = load_config(OrchestratorConfig, config_file, overrides=overrides)
+    ensure_safe_bind(cfg.server.host, cfg.auth.api_key, cfg.auth.allow_insecure_remote)
+    RoutingPolicy.load(resolve_path(cfg.routing.policy_file, config_file)).mode(cfg.routing.policy)
+    return cfg, [f"serves HTTP and WebSocket on {cfg.server.host}:{cfg.server.port}"]
+
+
+def _masked(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dump safe to print: keys and the Redis password replaced by ***."""
+    from duplexd.fleet.keys import redact_url
+
+    for section in ("auth", "llm"):
+        if data.get(section, {}).get("api_key"):
+            data[section]["api_key"] = "***"
+    if data.get("redis", {}).get("url"):
+        data["redis"]["url"] = redact_url(data["redis"]["url"])
+    return data
 
 
 devkit_app = typer.Typer(
