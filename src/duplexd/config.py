@@ -12,6 +12,7 @@ Environment variables: ``DUPLEX_<SECTION>__<KEY>`` (double underscore between le
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -23,6 +24,7 @@ from duplexd.audio.frames import FRAME_MS, SAMPLE_RATE
 from duplexd.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_WORKER_NAME",
     "ENV_ALIASES",
     "AsrConfig",
     "AuthConfig",
@@ -39,6 +41,7 @@ __all__ = [
     "WorkerConfig",
     "WorkerEndpoint",
     "WorkerSection",
+    "fleet_worker_name",
     "load_config",
     "repo_root",
     "resolve_path",
@@ -90,7 +93,11 @@ class RedisConfig(_Section):
 
 
 class WorkerSection(_Section):
-    name: str = Field("tts-worker@0", description="name announced to orchestrators")
+    name: str | None = Field(
+        None,
+        description="name announced to orchestrators; unset: tts-worker@0, or in fleet mode "
+        "(redis.url set) tts-<host>-<port>, unique per host and bound port",
+    )
     host: str = Field("127.0.0.1", description="gRPC bind address")
     port: int = Field(7001, ge=0, le=65535, description="gRPC port (0 = pick a free one)")
     metrics_port: int = Field(
@@ -169,6 +176,22 @@ class WorkerConfig(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
 
+    def worker_name(self, port: int) -> str:
+        """The name this worker goes by once bound to `port`: `worker.name` when given, else
+        `fleet_worker_name(port)` in fleet mode (two unnamed workers on one host must not
+        claim the same registry entry), else the embedded default `DEFAULT_WORKER_NAME`."""
+        if self.worker.name:
+            return self.worker.name
+        return fleet_worker_name(port) if self.redis.url else DEFAULT_WORKER_NAME
+
+
+DEFAULT_WORKER_NAME = "tts-worker@0"
+
+
+def fleet_worker_name(port: int) -> str:
+    """``tts-<host>-<port>``: unique per host and port, as a fleet needs its names."""
+    return f"tts-{socket.gethostname().split('.')[0]}-{port}"
+
 
 class ServerConfig(_Section):
     host: str = Field("127.0.0.1", description="HTTP/WebSocket bind address")
@@ -205,6 +228,11 @@ class AsrConfig(_Section):
     threads: int = Field(2, ge=0, description="decoder CPU threads (0 = engine default)")
     partial_interval_ms: int = Field(500, ge=100, description="partial transcript cadence")
     device: str = Field("cpu", description="cpu | cuda")
+    short_form: bool = Field(
+        True,
+        description="faster-whisper: encode only the utterance (+1 s), not Whisper's 30 s "
+        "window (~10x less encoder time); a repetition-looking result is decoded the long way",
+    )
 
 
 class VadConfig(_Section):

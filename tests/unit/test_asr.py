@@ -234,3 +234,51 @@ async def test_reset_while_committing_is_reported(asr: FasterWhisperASR) -> None
         st.reset()
         with pytest.raises(RuntimeError, match="interrupted"):
             await commit
+
+
+# -- short form: encode the utterance, not a 30 s window -------------------------------------
+
+SENTENCES = (
+    "What is the weather like today?",
+    "Thank you very much.",
+    "Good morning, how are you?",
+    "Can you tell me about the history of the Eiffel Tower?",
+    "Yes.",
+)
+
+
+@pytest.fixture(scope="module")
+def long_form() -> FasterWhisperASR:
+    return FasterWhisperASR("tiny.en", cpu_threads=2, short_form=False)
+
+
+def test_short_form_hears_what_the_standard_way_hears(
+    asr: FasterWhisperASR, long_form: FasterWhisperASR
+) -> None:
+    from duplexd.devkit.speech import piper_speech
+
+    assert asr.short_form and not long_form.short_form
+    short_wer = long_wer = 0.0
+    for text in SENTENCES:
+        audio = piper_speech(text)
+        short, full = asr.transcribe(audio), long_form.transcribe(audio)
+        short_wer += word_error_rate(text, short.text)
+        long_wer += word_error_rate(text, full.text)
+        assert text.split()[0].lower().strip(",.?") in short.text.lower()  # the first word
+        assert short.text.lower().count(text.split()[0].lower().strip(",.?")) == 1  # once
+    assert short_wer <= long_wer + 0.2
+
+
+def test_a_loop_is_cut_to_one_pass() -> None:
+    from duplexd.asr.faster_whisper import _cut_loops
+
+    assert _cut_loops(" Good morning. How are you? Good morning. How") == (
+        " Good morning. How are you?"
+    )
+    assert _cut_loops(" Yes, yes, yes, yes") == " Yes,"
+    assert _cut_loops(" at half past nine, right. Right. Right. Right. Right") == (
+        " at half past nine, right."
+    )
+    unchanged = " Please turn on the lights in the kitchen."
+    assert _cut_loops(unchanged) == unchanged
+    assert _cut_loops(" I think I do") == " I think I do"  # one word again is not a loop

@@ -16,15 +16,18 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import platformdirs
 
 from duplexd.asr.base import ASREngine
+from duplexd.audio.frames import ASR_SAMPLE_RATE as SAMPLE_RATE
 from duplexd.audio.pcm import Float32Array
 from duplexd.errors import ModelLoadError, ModelNotFound, WeightsMissing
 
@@ -131,6 +134,11 @@ def _publish(tmp: Path, dest: Path, parts: Sequence[Path]) -> None:
             raise
 
 
+SHORT_FORM_MAX_S = 20.0  # utterances up to this long skip Whisper's padding to 30 s
+SHORT_FORM_PAD_S = 4.0  # silence after the speech: enough for the decoder to end cleanly
+COMPRESSION_LIMIT = 2.4  # Whisper's own repetition detector: above it, decode the long way
+
+
 class FasterWhisperASR(ASREngine):
     """Whisper via faster-whisper, tuned for short conversational turns.
 
@@ -138,6 +146,17 @@ class FasterWhisperASR(ASREngine):
     timestamps, no conditioning on earlier text, and temperature 0 only, so a decode is one
     pass of predictable length instead of up to six fallback passes. The constructor loads
     the model and blocks (≈ 0.4 s for tiny.en): call it from a worker thread.
+
+    Short form (`short_form`, on by default when the language is fixed): Whisper pads every
+    input to 30 s, so the encoder costs the same for "thank you" as for a paragraph (≈ 350 ms
+    for tiny.en on 2 cores). CTranslate2 encodes any length, so an utterance up to
+    `SHORT_FORM_MAX_S` is encoded with `SHORT_FORM_PAD_S` of silence after it (≈ 40 ms) and
+    decoded greedily under a length cap from its duration. On a short window Whisper tends to
+    say the utterance (or its last words) again in the silence: such loops are cut to one
+    pass. Measured on 28 utterances (Piper and espeak voices): word error 0.104 vs 0.095 the
+    standard way, decode p50 140 vs 787 ms (2 cores, loaded). A result that still looks like
+    a repetition loop (gzip compression ratio above `COMPRESSION_LIMIT`, or the length cap
+    hit) is decoded the standard way.
     """
 
     def __init__(
@@ -150,12 +169,15 @@ class FasterWhisperASR(ASREngine):
         language: str | None = "en",
         beam_size: int = 1,
         cache_dir: Path | None = None,
+        short_form: bool = True,
     ) -> None:
         from faster_whisper import WhisperModel
 
         self.model = model
         self.language = language
         self.beam_size = beam_size
+        self.short_form = short_form and language is not None
+        self.short_form_fallbacks = 0  # decodes that looked like a loop and went the long way
         self.model_dir = resolve_model(model, cache_dir=cache_dir)
         try:
             self._model = WhisperModel(
@@ -173,6 +195,11 @@ class FasterWhisperASR(ASREngine):
         return f"faster-whisper:{self.model}"
 
     def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
+        if self.short_form and prompt is None and len(audio) <= SHORT_FORM_MAX_S * SAMPLE_RATE:
+            text = self._decode_short(audio)
+            if text is not None:
+                return text, self.language
+            self.short_form_fallbacks += 1
         segments, info = self._model.transcribe(
             audio,
             language=self.language,
@@ -186,3 +213,62 @@ class FasterWhisperASR(ASREngine):
         # `segments` is lazy: decoding happens while we join it.
         text = "".join(segment.text for segment in segments)
         return text, info.language
+
+    def _decode_short(self, audio: Float32Array) -> str | None:
+        """Encode only the speech (+ `SHORT_FORM_PAD_S` of silence), decode with timestamps and
+        keep the segments that start inside the speech: Whisper on a short window tends to say
+        the utterance again in the silence after it. None when the result still looks like a
+        loop (the caller then decodes the standard way)."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        model = self._model
+        duration = len(audio) / SAMPLE_RATE
+        padded = np.concatenate([audio, np.zeros(int(SHORT_FORM_PAD_S * SAMPLE_RATE), np.float32)])
+        features = model.feature_extractor(padded)
+        encoded = model.model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], np.float32)),
+            to_cpu=False,
+        )
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+            language=self.language,
+        )  # fmt: skip
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        # ≈ 3 words/s in speech, ≤ 2 tokens a word
+        cap = min(448, len(prompt) + 10 + int(duration * 12))
+        suppress = list(get_suppressed_tokens(tokenizer, (-1,)) or ())
+        result = model.model.generate(
+            encoded, [prompt], beam_size=self.beam_size, max_length=cap,
+            suppress_blank=True, suppress_tokens=suppress,
+        )  # fmt: skip
+        ids = result[0].sequences_ids[0]
+        if ids[: len(prompt)] == prompt:  # some CTranslate2 versions return the prompt too
+            ids = ids[len(prompt) :]
+        text = _cut_loops(str(tokenizer.decode([t for t in ids if t < tokenizer.eot])))
+        if len(prompt) + len(ids) >= cap or get_compression_ratio(text) > COMPRESSION_LIMIT:
+            return None
+        return text
+
+
+def _cut_loops(text: str) -> str:
+    """Whisper's loops on a short window, cut to one pass (compared word by word, case and
+    punctuation aside): the whole utterance said again ("Good morning. How are you? Good
+    morning. How"), or its tail said over and over ("…, right. Right. Right. Right")."""
+    words = text.split()
+    keys = [re.sub(r"\W", "", w.lower()) for w in words]
+    n = len(keys)
+    for period in range(1, n):  # the whole: a block said again (at least 3 words of it)
+        again = n - period
+        if again >= min(3, period) and all(keys[i] == keys[i - period] for i in range(period, n)):
+            return " " + " ".join(words[:period])
+    for size in range(1, n // 2 + 1):  # the tail: a block said over and over at the end
+        block, times = keys[n - size :], 1
+        while (
+            n - (times + 1) * size >= 0 and keys[n - (times + 1) * size : n - times * size] == block
+        ):
+            times += 1
+        if times >= 3 or (times >= 2 and size >= 4):
+            return " " + " ".join(words[: n - (times - 1) * size])
+    return text

@@ -46,6 +46,7 @@ async def run_orchestrator(
     asr = await asyncio.to_thread(
         create_asr, cfg.asr.engine, cfg.asr.model, device=cfg.asr.device,
         compute_type=cfg.asr.compute_type, cpu_threads=cfg.asr.threads, language=cfg.asr.language,
+        **({"short_form": cfg.asr.short_form} if cfg.asr.engine == "faster-whisper" else {}),
     )  # fmt: skip
     registry = _registry(cfg)
     await registry.start()
