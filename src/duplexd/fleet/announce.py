@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from duplexd.config import RedisConfig
 from duplexd.errors import ConfigError, DuplexError
-from duplexd.fleet.keys import EVENTS_CHANNEL, open_redis, redact_url, worker_key
+from duplexd.fleet.keys import EVENTS_CHANNEL, load_entry, open_redis, redact_url, worker_key
 from duplexd.logging import get_logger
 from duplexd.tts.description import describe
 
@@ -195,7 +195,7 @@ class Announcer:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
-                current = _parse(await self._client.get(self.key))
+                current = load_entry(await self._client.get(self.key))
                 if current is None or current.get("addr") == f"grpc://{self.addr}":
                     await self._client.delete(self.key)
                 await self._publish({"type": "down"})
@@ -261,26 +261,16 @@ class Announcer:
     async def _claim_name(self) -> None:
         """Refuse a name another live worker holds (its entry keeps being refreshed)."""
         assert self._client is not None
-        held = _parse(await self._client.get(self.key))
+        held = load_entry(await self._client.get(self.key))
         if held is None or held.get("addr") == f"grpc://{self.addr}":
             return
         # Someone else's entry: a dead worker's lingers until it expires; a live one refreshes.
         wait_s = 2 * int(held.get("heartbeat_ms") or self.config.heartbeat_ms) / 1000
         await asyncio.sleep(min(wait_s, self.config.ttl_ms / 1000))
-        again = _parse(await self._client.get(self.key))
+        again = load_entry(await self._client.get(self.key))
         if again is not None and again.get("heartbeat_unix") != held.get("heartbeat_unix"):
             raise ConfigError(
                 f"worker name {self.worker.name!r} is already registered by {again.get('addr')} "
                 f"(host {again.get('host', '?')}, pid {again.get('pid', '?')})",
                 hint="names must be unique in a fleet: start this worker with --name",
             )
-
-
-def _parse(raw: str | bytes | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None

@@ -32,6 +32,7 @@ from duplexd.config import RedisConfig, WorkerEndpoint
 from duplexd.errors import AuthError, ConfigError, DaemonUnavailable
 from duplexd.fleet.keys import (
     EVENTS_CHANNEL,
+    load_entry,
     name_from_key,
     open_redis,
     redact_url,
@@ -56,13 +57,8 @@ _RETIRED_CLOSE_S = 60.0  # a removed worker's channel stays open this long for b
 
 def parse_announcement(raw: str | bytes | None) -> dict[str, Any] | None:
     """A worker entry as a dict, or None when it is not a usable announcement."""
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not data.get("name") or not data.get("addr"):
+    data = load_entry(raw)
+    if data is None or not data.get("name") or not data.get("addr"):
         return None
     return data
 

@@ -15,7 +15,8 @@ This module imports no Redis code at import time, so `duplexctl` can use the nam
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from duplexd.errors import ConfigError
@@ -94,3 +95,14 @@ def open_redis(url: str, *, timeout_s: float = 2.0) -> Redis:
     except ValueError as exc:
         raise ConfigError(f"redis.url {redact_url(url)!r}: {exc}") from None
     return client
+
+
+def load_entry(raw: str | bytes | None) -> dict[str, Any] | None:
+    """A Redis value as a JSON object, or None (absent, not JSON, not an object)."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

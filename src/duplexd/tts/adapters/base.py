@@ -55,13 +55,11 @@ class TTSAdapter(ABC):
     def check_engine(cls) -> None:
         """Cheap (no import): refuse a load whose engine package is not installed, before the
         Model Manager's memory pre-check could answer with a less useful refusal."""
-        import importlib.util
+        from duplexd.tts.readiness import engine_blocker
 
-        for module in cls.engine_modules:
-            if importlib.util.find_spec(module.split(".")[0]) is None:
-                raise _engine_missing(
-                    cls.engine_extra or cls.family, module, "not installed", cls.engine_hint
-                )
+        blocker = engine_blocker(cls)
+        if blocker is not None:
+            raise blocker.error
 
     def __init__(self, meta: ModelMeta, *, device: str = "cpu", threads: int = 1) -> None:
         self.meta = meta
@@ -121,6 +119,15 @@ class TTSAdapter(ABC):
     @property
     def loaded(self) -> bool:
         return self._loaded
+
+    @property
+    def voices_dir(self) -> Path:
+        """Where zero-shot reference clips go: ``<voicepack>/voices/<name>.wav``."""
+        return self.meta.base_dir / "voices"
+
+    def _clips(self) -> list[str]:
+        """Zero-shot voice names: the clips in `voices_dir` (an absent folder means none)."""
+        return sorted(p.stem for p in self.voices_dir.glob("*.wav"))
 
     @property
     def sample_rate(self) -> int:

@@ -170,11 +170,6 @@ class SparkAdapter(TTSAdapter):
     # -- voices --------------------------------------------------------------------------
 
     @property
-    def voices_dir(self) -> Path:
-        """Where reference clips go: ``<voicepack>/voices/<name>.wav`` (+ ``<name>.txt``)."""
-        return self.meta.base_dir / "voices"
-
-    @property
     def voices(self) -> list[str]:
         """Zero-shot voices (clips in `voices_dir`), then the control voices, each once."""
         return list(dict.fromkeys([*self._clips(), *CONTROL_VOICES]))
@@ -194,10 +189,6 @@ class SparkAdapter(TTSAdapter):
                 hint=f"voices: {', '.join(voices)}; add one as {self.voices_dir}/<name>.wav",
             )
         super().check_request(None, language)  # the catalog's languages
-
-    def _clips(self) -> list[str]:
-        """Zero-shot voice names: the clips in `voices_dir` (an absent folder means none)."""
-        return sorted(p.stem for p in self.voices_dir.glob("*.wav"))
 
     def _clone(self, name: str) -> _Clone:
         clip = self.voices_dir / f"{name}.wav"

@@ -162,11 +162,6 @@ class XttsAdapter(TTSAdapter):
     # -- voices and languages ------------------------------------------------------------
 
     @property
-    def voices_dir(self) -> Path:
-        """Where reference clips for zero-shot voices go: ``<voicepack>/voices/<name>.wav``."""
-        return self.meta.base_dir / "voices"
-
-    @property
     def voices(self) -> list[str]:
         """Built-in speakers, then zero-shot voices (clips in `voices_dir`), each once."""
         return list(dict.fromkeys([*self._speakers, *self._clips()]))
@@ -212,10 +207,6 @@ class XttsAdapter(TTSAdapter):
             f"model {self.meta.model_id!r} has no voice {name!r}",
             hint=f"voices: {', '.join(self.voices) or 'none'}",
         )
-
-    def _clips(self) -> list[str]:
-        """Zero-shot voice names: the clips in `voices_dir` (an absent folder means none)."""
-        return sorted(p.stem for p in self.voices_dir.glob("*.wav"))
 
     def _clone(self, name: str, clip: Path) -> Latents:
         stamp = _file_stamp(clip)
