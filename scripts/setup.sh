@@ -14,6 +14,37 @@ dev=0
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+quietly() { "$@" >/dev/null; }
+took() { local s=$(( SECONDS - $1 )); (( s >= 60 )) && printf '%dm%02ds' $(( s / 60 )) $(( s % 60 )) || printf '%ds' "$s"; }
+
+# The long steps (apt, a multi-GB uv sync) must not look hung. `long LABEL CMD…` runs CMD and
+# says every $DUPLEX_SETUP_HEARTBEAT_S seconds (30) how long it has run and how big .venv has
+# grown; with FOREGROUND=1 on a terminal CMD draws its own progress (uv's bars) instead. Then
+# one line with the time it took. CI logs get a line per heartbeat, not a bar per package.
+venv=${UV_PROJECT_ENVIRONMENT:-.venv}
+uv=(${DUPLEX_SETUP_UV:-python3 -m uv})
+long() {
+  local label=$1; shift
+  local start=$SECONDS beat=${DUPLEX_SETUP_HEARTBEAT_S:-30} next
+  say "$label …"
+  if [[ ${FOREGROUND:-0} == 1 && -t 2 ]]; then
+    "$@" || die "$label failed (exit $?)"
+  else
+    "$@" & local pid=$!
+    next=$(( start + beat ))
+    while kill -0 "$pid" 2>/dev/null; do
+      sleep 1
+      if (( SECONDS >= next )) && kill -0 "$pid" 2>/dev/null; then
+        local size=""
+        [[ -d $venv ]] && size=", $venv is $(du -sh "$venv" 2>/dev/null | cut -f1)"
+        say "… $label: $(took "$start")$size"
+        next=$(( SECONDS + beat ))
+      fi
+    done
+    wait "$pid" || die "$label failed (exit $?)"
+  fi
+  say "$label: done in $(took "$start")"
+}
 
 pkgs=(libportaudio2 espeak-ng)
 (( dev )) && pkgs+=(redis-server jackd2 sox chromium chromium-driver)
@@ -30,14 +61,14 @@ if (( ${#missing[@]} )); then
     sudo apt-get update && sudo apt-get install -y ${missing[*]}
 then run this command again."
   fi
-  say "installing system packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq -o DPkg::Lock::Timeout=300
-  "${sudo[@]}" apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
+  long "apt-get update" "${sudo[@]}" apt-get update -qq -o DPkg::Lock::Timeout=300
+  long "installing system packages: ${missing[*]}" \
+    quietly "${sudo[@]}" apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}"
 fi
 
 # uv, installed with pip as a Python module so `python3 -m uv` works without PATH changes.
-if ! python3 -m uv --version >/dev/null 2>&1; then
+if ! "${uv[@]}" --version >/dev/null 2>&1; then
   say "installing uv"
   python3 -m pip install --user --quiet uv 2>/dev/null \
     || python3 -m pip install --user --quiet --break-system-packages uv \
@@ -49,11 +80,15 @@ if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
   export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 fi
 
+# On a terminal uv draws its progress bars; elsewhere (CI) it is quiet and `long` says how far.
+# --compile-bytecode: uv does not write .pyc files by default, so where Python may not write
+# them either (PYTHONDONTWRITEBYTECODE, a read-only venv) every process would compile typer,
+# rich, grpc, numpy … from source at each start (`duplexctl --help` alone: ~0.2 s of it).
+[[ -t 2 ]] && quiet=() || quiet=(--quiet)
 if (( dev )); then
-  say "syncing the locked environment (dev tools + all extras: torch, coqui-tts, transformers) into .venv"
-  python3 -m uv sync --locked --all-extras --quiet
+  say "the locked environment with the dev tools and every extra (torch, coqui-tts, transformers: several GB, minutes on a cold cache)"
+  FOREGROUND=1 long "uv sync into $venv" "${uv[@]}" sync --locked --all-extras --compile-bytecode "${quiet[@]}"
 else
-  say "syncing the locked environment into .venv"
-  python3 -m uv sync --locked --no-dev --quiet
+  FOREGROUND=1 long "uv sync into $venv" "${uv[@]}" sync --locked --no-dev --compile-bytecode "${quiet[@]}"
 fi
-say "ready: .venv/bin/duplexctl, .venv/bin/duplexd"
+say "ready: $venv/bin/duplexctl, $venv/bin/duplexd"

@@ -1,14 +1,28 @@
-"""API keys and bind-address safety, shared by the worker (gRPC) and orchestrator (HTTP/WS)."""
+"""API keys, bind-address safety and TLS credentials, shared by the worker (gRPC) and the
+orchestrator (HTTP/WS, and gRPC to its workers)."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from duplexd.errors import AuthError, ConfigError
 
-__all__ = ["check_key", "ensure_safe_bind", "is_loopback", "key_from_metadata"]
+if TYPE_CHECKING:
+    import grpc
+
+    from duplexd.config import WorkerTlsConfig
+
+__all__ = [
+    "channel_credentials",
+    "check_key",
+    "ensure_safe_bind",
+    "is_loopback",
+    "key_from_metadata",
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -49,3 +63,29 @@ def check_key(expected: str | None, presented: str | None) -> None:
         raise AuthError("missing API key", hint="send `authorization: Bearer <DUPLEX_API_KEY>`")
     if not hmac.compare_digest(expected.encode(), presented.encode()):
         raise AuthError("wrong API key")
+
+
+def channel_credentials(tls: WorkerTlsConfig) -> grpc.ChannelCredentials:
+    """TLS credentials for dialing workers (`worker_tls`): the CA their certificates chain to
+    (else the system's roots), plus a client certificate for workers that require one (mTLS).
+    The files are read now, so a missing or wrong one stops the orchestrator at start-up with the
+    setting's name instead of failing every handshake later."""
+    import grpc
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(tls.ca, "worker_tls.ca"),
+        private_key=_pem(tls.client_key, "worker_tls.client_key"),
+        certificate_chain=_pem(tls.client_cert, "worker_tls.client_cert"),
+    )
+
+
+def _pem(path: Path | None, key: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{key}: {path} is not a PEM file", hint="-----BEGIN ... lines expected")
+    return data

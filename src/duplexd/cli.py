@@ -75,7 +75,13 @@ def worker(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address [127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port [7001]; 0 picks one")] = None,
-    name: Annotated[str | None, typer.Option(help="worker name [tts-worker@0]")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="worker name, unique in a fleet (default tts-worker@0; with --redis: "
+            "tts-HOST-PORT)"
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", "--metrics_port", help="Prometheus port [9101]")
     ] = None,
@@ -286,8 +292,10 @@ def _check_worker(
     if cfg.redis.url:
         from duplexd.fleet.announce import advertised_addr
 
-        addr = advertised_addr(cfg.redis.advertise, cfg.worker.host, cfg.worker.port)
-        notes.append(f"announces itself as {cfg.worker.name} at grpc://{addr}")
+        port = cfg.worker.port
+        addr = advertised_addr(cfg.redis.advertise, cfg.worker.host, port)
+        name = cfg.worker_name(port) if port or cfg.worker.name else "tts-HOST-PORT (bound port)"
+        notes.append(f"announces itself as {name} at grpc://{addr}")
     return cfg, notes
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from duplexd.audio.frames import FRAME_MS, SAMPLE_RATE
 from duplexd.errors import ConfigError
@@ -29,6 +29,7 @@ __all__ = [
     "AsrConfig",
     "AuthConfig",
     "LlmConfig",
+    "LlmEndpoint",
     "ModelManagerConfig",
     "OrchestratorConfig",
     "RedisConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "WorkerConfig",
     "WorkerEndpoint",
     "WorkerSection",
+    "WorkerTlsConfig",
     "fleet_worker_name",
     "load_config",
     "repo_root",
@@ -81,6 +83,35 @@ class AuthConfig(_Section):
     tls_client_ca: Path | None = Field(
         None, description="CA (PEM) that client certs must chain to: mTLS"
     )
+
+
+class WorkerTlsConfig(_Section):
+    """How the orchestrator dials its workers: TLS (and mTLS) or plaintext gRPC."""
+
+    enabled: bool = Field(
+        False, description="dial workers over TLS; also on when `ca` or `client_cert` is set"
+    )
+    ca: Path | None = Field(
+        None,
+        description="CA bundle (PEM) the workers' certificates must chain to; unset = system roots",
+    )
+    client_cert: Path | None = Field(
+        None, description="client certificate (PEM) for workers that require one (mTLS)"
+    )
+    client_key: Path | None = Field(None, description="its private key (PEM)")
+    server_name: str | None = Field(
+        None, description="name the workers' certificates must carry, instead of the host dialed"
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> WorkerTlsConfig:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together (mTLS needs both)")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self.ca is not None or self.client_cert is not None
 
 
 class RedisConfig(_Section):
@@ -133,6 +164,14 @@ class WorkerSection(_Section):
     )
     resume_mode: Literal["next_unit", "exact"] = Field(
         "next_unit", description="RESUME at the next text unit (design) or the exact next frame"
+    )
+    malloc_mmap_threshold_kb: int = Field(
+        1024,
+        ge=0,
+        le=32768,
+        description="glibc: blocks above this are mmapped, so freeing them returns the memory to "
+        "the OS (with the engines' arenas shrunk after each synthesis, RSS stays flat); "
+        "0 = glibc's own sliding threshold, which lets freed synthesis buffers pile up in the heap",
     )
 
 
@@ -203,6 +242,11 @@ class ServerConfig(_Section):
         gt=0,
         description="on SIGTERM/Ctrl-C: time to tell open sessions the orchestrator is going "
         "away (WebSocket close 1001), close them and exit; below `duplexctl down`'s 5 s kill",
+    )
+    status_transcripts: bool = Field(
+        False,
+        description="GET /status shows each session's last words (transcript_tail); off: "
+        "what callers say is theirs, not the operator's dashboard's",
     )
 
 
@@ -289,22 +333,62 @@ class WorkerEndpoint(_Section):
     addr: str = Field(..., description="host:port of its gRPC server")
 
 
+class LlmEndpoint(_Section):
+    """One OpenAI-compatible endpoint a client may choose in its hello (`llm.endpoint`)."""
+
+    url: str = Field(..., description="OpenAI-compatible base URL (…/v1)")
+    model: str = Field(..., description="LLM model name")
+    api_key: SecretStr | None = Field(
+        None, description="bearer key, sent to this url only (masked in config dumps)"
+    )
+
+
 class LlmConfig(_Section):
     kind: Literal["builtin", "openai", "push"] = Field("builtin", description="who writes replies")
     url: str | None = Field(None, description="OpenAI-compatible base URL (…/v1)")
     model: str | None = Field(None, description="LLM model name")
     api_key: str | None = Field(None, description="bearer key for the LLM endpoint")
+    endpoints: dict[str, LlmEndpoint] = Field(
+        default_factory=dict,
+        description="the allow-list: OpenAI-compatible endpoints a client may name in its hello "
+        "(`llm.endpoint`, or a `llm.url` equal to one of these or to `url` above); a client "
+        "never makes the orchestrator call any other address, and each key goes to its own "
+        "url only",
+    )
     system_prompt: str = Field(
         "You are a helpful voice assistant. Answer briefly, in one or two sentences.",
         description="system prompt for LLM replies",
     )
     timeout_s: float = Field(30.0, gt=0, description="LLM request timeout")
+    push_max_pending_chars: int = Field(
+        65_536,
+        ge=4000,
+        description="push mode: reply text (characters; each message counts at least 1) a "
+        "session holds ahead of the speech; an `llm` message beyond it is refused with a "
+        "`resource_exhausted` error event, nothing below it is ever dropped",
+    )
 
 
 class SessionsConfig(_Section):
     max: int = Field(32, ge=1, description="concurrent client sessions")
     idle_timeout_s: float = Field(600.0, gt=0, description="close sessions idle this long")
     record_dir: Path | None = Field(None, description="opt-in: store session audio here")
+    worker_keepalive_s: float = Field(
+        60.0,
+        gt=0,
+        description="how often a session tells its TTS worker it is still there, so the "
+        "worker's session_idle_timeout_s (300 s) never ends a live session; keep it below that",
+    )
+    send_queue_events: int = Field(
+        1000,
+        ge=16,
+        description="events queued for a client that does not read them before the session "
+        "is closed (fatal `slow_client` error, WebSocket close 1008); audio beyond "
+        "send_queue_audio_frames is dropped first, oldest first",
+    )
+    send_queue_audio_frames: int = Field(
+        100, ge=1, description="reply audio frames (20 ms each) queued for a slow client"
+    )
 
 
 class OrchestratorConfig(_Section):
@@ -318,6 +402,7 @@ class OrchestratorConfig(_Section):
     llm: LlmConfig = Field(default_factory=LlmConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    worker_tls: WorkerTlsConfig = Field(default_factory=WorkerTlsConfig)
     workers: list[WorkerEndpoint] = Field(
         default_factory=lambda: [WorkerEndpoint(name="tts-worker@0", addr="127.0.0.1:7001")],
         description="static worker list (the embedded default)",

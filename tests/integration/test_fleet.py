@@ -429,3 +429,53 @@ async def test_tls_registry(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_unnamed_workers_on_one_host_both_join_and_a_taken_name_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Two `duplexd worker --redis URL` on one host without --name: each is `tts-<host>-<port>`
+    and both are registered. Asking for a live worker's name with --name is still refused, and
+    `duplexctl up` still names its workers itself."""
+    from duplexctl.supervise.spec import UpOptions, plan_daemons
+    from duplexctl.supervise.state import StateStore
+
+    server = RedisServer()
+    server.start()
+    url = server.url()
+    catalog = tmp_path / "catalog.yaml"  # espeak only: nothing to load but the program
+    catalog.write_text(
+        "models:\n  - model_id: espeak-en\n    family: espeak\n    native_sr: 22050\n"
+    )
+    env = {"DUPLEX_REDIS__HEARTBEAT_MS": str(HEARTBEAT_MS), "DUPLEX_REDIS__TTL_MS": str(TTL_MS),
+           "DUPLEX_MODEL_MANAGER__CATALOG": str(catalog)}  # fmt: skip
+    args = ["--redis", url, "--default-model", "espeak-en"]
+    host = socket.gethostname().split(".")[0]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            started = [pool.submit(start_daemon, "worker", tmp_path, args, env=env)
+                       for _ in range(2)]  # fmt: skip
+            workers = [f.result() for f in started]
+        try:
+            names = {f"tts-{host}-{w.port}": w for w in workers}
+            entries = _entries(server)
+            assert set(entries) == set(names), entries.keys()
+            for name, w in names.items():
+                assert entries[name]["addr"] == f"grpc://{w.addr}"
+                assert w.info["registry"]["key"] == f"duplex:workers:{name}"
+            taken = next(iter(names))
+            cmd = [sys.executable, "-m", "duplexd", "worker", "--port", "0", "--metrics-port",
+                   "0", "--name", taken, *args]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False,
+                                  env={**os.environ, **env})  # fmt: skip
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert f"worker name {taken!r} is already registered by grpc://" in done.stderr
+            assert set(_entries(server)) == set(names)  # the refused one left nothing behind
+        finally:
+            for w in workers:
+                w.stop()
+    finally:
+        server.stop()
+    specs = plan_daemons(UpOptions(workers=2, redis_url=url), StateStore(tmp_path / "state"))
+    argv = [list(s.argv) for s in specs if s.kind == "worker"]
+    assert [a[a.index("--name") + 1] for a in argv] == ["tts-worker@0", "tts-worker@1"]

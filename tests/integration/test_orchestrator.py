@@ -18,9 +18,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from duplexctl.client.ws import LiveConversation, VoiceClient, run_file_conversation
-from duplexd.devkit.procs import DaemonProc, daemon
+from duplexd.devkit.procs import DaemonProc, daemon, free_port, start_daemon
 from duplexd.devkit.speech import concat, silence, speech, word_error_rate
-from duplexd.errors import AuthError
+from duplexd.errors import AuthError, DuplexError
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,18 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+def stack_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    with daemon("worker", tmp_path_factory.mktemp("stack-worker")) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="module")
+def stack(
+    stack_worker: DaemonProc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonProc]:
     tmp = tmp_path_factory.mktemp("stack")
-    with daemon("worker", tmp) as worker:  # noqa: SIM117  # the second needs the first's addr
-        with daemon("orchestrator", tmp, ["--worker", f"w0={worker.addr}"]) as orch:
-            yield orch
+    with daemon("orchestrator", tmp, ["--worker", f"w0={stack_worker.addr}"]) as orch:
+        yield orch
 
 
 async def _text_turn(client: VoiceClient, text: str) -> list[dict[str, Any]]:
@@ -186,25 +193,40 @@ async def fake_llm() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 @pytest.mark.asyncio
 async def test_openai_compatible_llm_bridge(
-    stack: DaemonProc, fake_llm: tuple[str, list[dict[str, Any]]]
+    stack_worker: DaemonProc, tmp_path: Path, fake_llm: tuple[str, list[dict[str, Any]]]
 ) -> None:
     url, requests = fake_llm
-    hello = {"llm": {"kind": "openai", "url": url, "model": "tiny", "api_key": "test-key"}}
-    async with VoiceClient(stack.addr, hello) as client:
-        events = await _text_turn(client, QUESTION)
-    turn = events[-1]
-    assert "Paris" in turn["reply_text"]
-    assert requests[0]["stream"] is True and requests[0]["model"] == "tiny"
-    assert requests[0]["messages"][-1] == {
-        "role": "user",
-        "content": "What is the capital of France?",
-    }
-    # a wrong key gives a clear error event and the session keeps serving
-    bad = {"llm": {"kind": "openai", "url": url, "model": "tiny", "api_key": "nope"}}
-    async with VoiceClient(stack.addr, bad) as client:
-        events = await _text_turn(client, "hello")
-    errors = [e for e in events if e["type"] == "error"]
-    assert errors and "rejected the API key" in errors[0]["message"]
+    # the operator's allow-list: clients choose among these, never an address of their own
+    env = {"DUPLEX_LLM__ENDPOINTS": json.dumps(
+        {"tiny": {"url": url, "model": "tiny", "api_key": "test-key"}})}  # fmt: skip
+    with daemon("orchestrator", tmp_path, ["--worker", f"w0={stack_worker.addr}"],
+                env=env) as orch:  # fmt: skip
+        async with VoiceClient(orch.addr, {"llm": {"endpoint": "tiny"}}) as client:
+            events = await _text_turn(client, QUESTION)
+        turn = events[-1]
+        assert "Paris" in turn["reply_text"]
+        assert requests[0]["stream"] is True and requests[0]["model"] == "tiny"
+        assert requests[0]["messages"][-1] == {
+            "role": "user",
+            "content": "What is the capital of France?",
+        }
+        # the same endpoint named by its exact url (as `duplexctl talk --llm-url` does)
+        hello = {"llm": {"kind": "openai", "url": url, "model": "tiny"}}
+        async with VoiceClient(orch.addr, hello) as client:
+            assert "Paris" in (await _text_turn(client, QUESTION))[-1]["reply_text"]
+        # a client's own wrong key: a clear error event, and the session keeps serving
+        bad = {"llm": {"endpoint": "tiny", "api_key": "nope"}}
+        async with VoiceClient(orch.addr, bad) as client:
+            events = await _text_turn(client, "hello")
+        errors = [e for e in events if e["type"] == "error"]
+        assert errors and "rejected the API key" in errors[0]["message"]
+        # any other url is refused before anything is sent anywhere
+        served = len(requests)
+        for choice in ({"kind": "openai", "url": url.replace("/v1", "/admin"), "model": "x"},
+                       {"kind": "openai", "url": f"http://{orch.addr}/status"}):  # fmt: skip
+            with pytest.raises(DuplexError, match="not one of the LLM endpoints"):
+                await VoiceClient(orch.addr, {"llm": choice}).connect()
+        assert len(requests) == served
 
 
 @pytest.mark.asyncio
@@ -371,3 +393,53 @@ async def test_sigterm_drains_open_sessions_with_going_away(tmp_path: Path) -> N
                 assert (await tts.capabilities()).metrics.active_sessions == 0
         finally:
             orch.stop(grace_s=1.0)
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_worker_answers_the_next_turn(tmp_path: Path) -> None:
+    """The worker restarts between turns (as `duplexctl up` restarts a crashed one, on the same
+    port): it has no session for us any more, and the next turn is answered all the same."""
+    port = str(free_port())
+    worker = start_daemon("worker", tmp_path, ["--port", port])
+    try:
+        with daemon("orchestrator", tmp_path, ["--worker", f"w0=127.0.0.1:{port}"]) as orch:
+            async with VoiceClient(orch.addr, {}) as client:
+                assert (await _text_turn(client, "hello"))[-1]["reply_text"].startswith("Hello")
+                worker.stop()
+                worker = start_daemon("worker", tmp_path, ["--port", port])
+                await _until_ready(orch.addr)  # the orchestrator has seen it come back
+                events = await _text_turn(client, "what time is it")
+                assert events[-1]["reply_text"].startswith("It is"), events
+                assert not [e for e in events if e["type"] == "error"], events
+                events = await _text_turn(client, "thank you")
+                assert events[-1]["reply_text"] == "You're welcome!"
+    finally:
+        worker.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_idle_caller_keeps_its_worker_session(tmp_path: Path) -> None:
+    """The worker ends sessions idle for worker.session_idle_timeout_s; the orchestrator's
+    keepalive (sessions.worker_keepalive_s, below it) keeps a quiet caller's session alive."""
+    from duplexd.rpc.client import TTSClient
+
+    cfg = tmp_path / "worker.yaml"
+    cfg.write_text("worker:\n  session_idle_timeout_s: 1.0\n")
+    keepalive = {"DUPLEX_SESSIONS__WORKER_KEEPALIVE_S": "0.3"}
+    with (
+        daemon("worker", tmp_path, ["--config", str(cfg)]) as worker,
+        daemon("orchestrator", tmp_path, ["--worker", f"w0={worker.addr}"], env=keepalive) as orch,
+    ):
+        async with VoiceClient(orch.addr, {}) as client, TTSClient(worker.addr) as tts:
+            await asyncio.sleep(3.0)  # three idle timeouts, no turn
+            assert (await tts.capabilities()).metrics.active_sessions == 1
+            events = await _text_turn(client, "hello")
+            assert events[-1]["reply_text"].startswith("Hello")
+            assert not [e for e in events if e["type"] == "error"], events
+        assert "session idle timeout" not in worker.log_text()
+
+
+async def _until_ready(addr: str, timeout_s: float = 30.0) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{addr}") as http, asyncio.timeout(timeout_s):
+        while (await http.get("/readyz")).status_code != 200:  # noqa: ASYNC110  # another process
+            await asyncio.sleep(0.2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -116,6 +117,22 @@ def test_detached_up_status_restart_logs_down(cli: Invoke, state_dir: Path) -> N
     assert state is not None
     first = {d.name: d.pid or 0 for d in state.daemons}
 
+    as_json = json.loads(cli("status", "-o", "json").stdout)
+    assert [d["name"] for d in as_json["daemons"]] == ["tts-worker@0", "tts-worker@1"]
+    assert as_json["daemons"][0]["addr"] == f"127.0.0.1:{base}"
+    assert as_json["daemons"][0]["state"] == "running" and as_json["supervisor"]["alive"]
+    assert set(as_json["daemons"][0]) == {"name", "kind", "pid", "addr", "state", "uptime_s",
+                                          "restarts", "ping_ms", "ping_error", "log"}  # fmt: skip
+
+    # `logs -f` (a real process) reads on through the restart below
+    follower = subprocess.Popen(
+        [sys.executable, "-c", _PROGRAM, "logs", "tts-worker@0", "-f"],
+        env={**os.environ, "DUPLEX_STATE_DIR": str(state_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
     # A crashed worker comes back, on the same port, with restarts=1.
     os.kill(first["tts-worker@0"], signal.SIGKILL)
 
@@ -130,10 +147,24 @@ def test_detached_up_status_restart_logs_down(cli: Invoke, state_dir: Path) -> N
     assert worker0 is not None and worker0.pid != first["tts-worker@0"]
     assert worker0.last_exit == -signal.SIGKILL
 
+    wait_for(lambda: "worker ready" in cli("logs", "tts-worker@0", "-n", "1").output, 30, "ready")
+    follower.send_signal(signal.SIGINT)
+    followed, _ = follower.communicate(timeout=10)
+    restart = followed.index("──── supervisor: restart #1 (tts-worker@0) ────")
+    assert "worker ready" in followed[:restart] and "worker ready" in followed[restart:], followed
+
+    raw = cli("logs", "tts-worker@0", "--json")
+    assert raw.exit_code == 0, raw.output
+    events = [json.loads(ln)["event"] for ln in raw.output.splitlines()]  # every line is JSON
+    assert "worker ready" in events and "supervisor: restart #1" in events
     logs = cli("logs", "tts-worker@0")
     assert logs.exit_code == 0, logs.output
-    events = [json.loads(ln)["event"] for ln in logs.output.splitlines() if ln.startswith("{")]
-    assert "worker ready" in events and "supervisor: restart #1" in events
+    clock = r"\d\d:\d\d:\d\d\.\d{3}"
+    for line in logs.output.splitlines():  # one time format, marker lines included
+        assert re.match(rf"({clock} |── \d{{4}}-\d\d-\d\d)", line), line
+    assert re.search(
+        rf"{clock} INFO  tts\.app +worker ready  addr=127\.0\.0\.1:{base}", logs.output
+    )
     listing = cli("logs")
     assert "tts-worker@1" in listing.output and "supervisor" in listing.output
     unknown = cli("logs", "nope")
@@ -197,3 +228,95 @@ def test_status_with_a_dead_supervisor_exits_8_and_down_clears_it(
     down = cli("down")
     assert down.exit_code == 0 and "stale state" in down.output
     assert "no daemons running" in cli("status").output
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]|\r")
+
+
+def test_a_new_users_session_reads_cleanly_at_80_columns(tmp_path: Path, state_dir: Path) -> None:
+    """`up -d`, `status`, `models list | grep`, a load without weights, `logs`, `down`: on an
+    80-column terminal no table line runs over and no id is cut; piped, plain columns."""
+    from duplexctl.cli.main import app as duplexctl
+
+    base, orch = free_base_port(1), free_base_port(1)
+    env = {"DUPLEX_STATE_DIR": str(state_dir), "DUPLEX_MODELS_DIR": str(tmp_path / "models")}
+    terminal = {**env, "TTY_COMPATIBLE": "1", "COLUMNS": "80"}
+
+    def run(*args: str, tty: bool = True) -> tuple[int, list[str], str]:
+        result = runner.invoke(duplexctl, list(args), env=terminal if tty else env)
+        lines = ANSI.sub("", result.stdout).splitlines()
+        return result.exit_code, lines, ANSI.sub("", result.stderr)
+
+    def fits(lines: list[str]) -> None:
+        assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+
+    up = ["up", "-d", "--base-port", str(base), "--orchestrator-port", str(orch)]
+    code, lines, err = run(*up)
+    assert code == 0, err
+    fits(lines)
+    code, lines, _ = run("status")
+    assert code == 0
+    fits(lines)
+    for name in ("tts-worker@0", "orchestrator"):
+        assert any(line.split()[:1] == [name] for line in lines), lines
+
+    code, lines, _ = run("models", "list")
+    assert code == 0
+    fits(lines)
+    for model_id in ("piper-en-us-joe", "sesame-unsloth-lora01", "parler-tts-mini-v1"):
+        assert any(model_id in line.split() for line in lines), f"{model_id} cut: {lines}"
+    xtts = next(line for line in lines if "xtts-v2-en" in line.split())
+    assert "not pulled" in xtts
+    code, piped, _ = run("models", "list", tty=False)  # `duplexctl models list | grep …`
+    joe = [line for line in piped if line.startswith("piper-en-us-joe")]
+    assert len(joe) == 1 and "resident" in joe[0] and "─" not in "".join(piped)
+
+    def orchestrator_words() -> dict[str, str]:  # GET /models: the same words as the console
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{orch}/models", timeout=5) as answer:
+            return {m["id"]: m.get("status", "") for m in json.load(answer)["models"]}
+
+    wait_for(lambda: orchestrator_words().get("xtts-v2-en") == "not pulled", 30, "/models")
+    words = orchestrator_words()
+    assert (words["piper-en-us-joe"], words["parler-tts-mini-v1"]) == (
+        "resident",
+        "needs parler env",
+    )
+
+    code, lines, _ = run("models", "list", "-o", "json", tty=False)  # what a script reads
+    records = {m["id"]: m for m in json.loads("\n".join(lines))["models"]}
+    assert (records["xtts-v2-en"]["state"], records["xtts-v2-en"]["pulled"]) == ("not pulled", "no")
+    assert records["piper-en-us-joe"]["resident"] and records["piper-en-us-joe"]["default"]
+    assert records["piper-en-us-joe"]["memory_bytes"] > 0
+    assert set(records["espeak-en"]) == {
+        "id", "family", "worker", "worker_addr", "state", "resident", "default", "pinned", "refs",
+        "memory_bytes", "estimated_memory_bytes", "ttl_remaining_s", "device", "base_model",
+        "adapters", "pulled", "reason",
+    }  # fmt: skip
+    code, lines, _ = run("models", "pin", "espeak-en", "-o", "json", tty=False)
+    (pinned,) = json.loads("\n".join(lines))["results"]
+    assert code == 0 and pinned["ok"] and pinned["pinned"] and pinned["state"] == "resident"
+    code, lines, _ = run("models", "unload", "espeak-en", "--force", "-o", "json", tty=False)
+    assert code == 0 and json.loads("\n".join(lines))["results"][0]["model"] == "espeak-en"
+
+    code, lines, err = run("models", "load", "xtts-v2-en", "-o", "json", tty=False)
+    (refused,) = json.loads("\n".join(lines))["results"]
+    assert code == 4 and refused["exit_code"] == 4 and not refused["ok"]
+    code, lines, err = run("models", "load", "xtts-v2-en")
+    assert code == 4, err
+    assert "weights for 'xtts-v2-en' not found" in err
+    assert "hint: run `duplexctl models pull xtts-v2-en`" in err.replace("\n", " ")
+    assert "resident_cap" not in err
+
+    code, lines, _ = run("logs")
+    assert code == 0
+    fits(lines)
+    code, lines, _ = run("logs", "tts-worker@0")
+    assert code == 0 and any("model load failed" in line for line in lines)
+    assert not any(line.startswith("{") for line in lines)
+
+    code, lines, err = run("down")
+    assert code == 0, err
+    fits(lines)
+    assert "no daemons running" in "\n".join(run("status")[1])

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import wave
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from duplexctl.audio.live import SILENT_MIC_MESSAGE
 from duplexctl.audio.streams import AudioIO, Microphone, Speaker
 from duplexctl.audio.wavfile import read_wav, to_link_rate, write_wav
 from duplexctl.client.embedded import EmbeddedStack
+from duplexctl.supervise.state import DaemonRecord, FleetState, StateStore, process_created
 from duplexd.audio.resample import resample_once
 from duplexd.devkit.procs import free_port
 from duplexd.devkit.speech import concat, silence, speech, word_error_rate
@@ -54,10 +56,13 @@ _TALK = (
 
 
 def _talk(
-    *args: str, jack: str, stdin: str = "", timeout_s: float = 60.0
+    *args: str, jack: str, stdin: str = "", timeout_s: float = 60.0, state: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """`talk` as a user runs it; `state`: the state dir of `duplexctl up` it sees (none else)."""
     env = {k: v for k, v in os.environ.items() if k != "DUPLEX_ORCHESTRATOR"}
-    env |= {"COLUMNS": "200", "JACK_DEFAULT_SERVER": jack}
+    no_state = Path(tempfile.gettempdir()) / f"duplex-test-no-state-{os.getpid()}"
+    env |= {"COLUMNS": "200", "JACK_DEFAULT_SERVER": jack,
+            "DUPLEX_STATE_DIR": str(state or no_state)}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-c", _TALK, *args],
         input=stdin, capture_output=True, text=True, env=env, timeout=timeout_s, check=False,
@@ -72,16 +77,21 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     """The embedded stack helper itself: up for the module, and nothing left behind after."""
     embedded = EmbeddedStack(tmp_path_factory.mktemp("embedded"))
-    with embedded as addr:
+    with embedded:
         pids = embedded.pids
         assert len(pids) == 2
-        yield addr
+        yield embedded
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.fixture(scope="module")
+def stack(embedded: EmbeddedStack) -> str:
+    return embedded.addr
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +173,55 @@ def test_typed_turn_plays_the_reply_on_the_output_device(
     evs = _events(events)
     turn = next(e for e in evs if e["type"] == "turn")
     assert turn["reply_text"].startswith("Hello!") and not turn["interrupted"]
+
+
+def _up_state(embedded: EmbeddedStack, root: Path, *, orch_addr: str | None = None) -> Path:
+    """The state file `duplexctl up` writes, naming the module's real daemons (their pids,
+    process start times and addresses): what `say`, `models` and `dash` find a stack by."""
+    store = StateStore(root)
+    worker, orch = embedded.children
+    records = [
+        DaemonRecord(name, kind, log="", addr=addr, pid=child.pid, state="running",
+                     pid_created=process_created(child.pid))
+        for name, kind, addr, child in (
+            ("tts-worker@0", "worker", str((worker.info() or {})["addr"]), worker),
+            ("orchestrator", "orchestrator", orch_addr or embedded.addr, orch),
+        )
+    ]  # fmt: skip
+    store.write(FleetState(supervisor_pid=os.getpid(), phase="ready", daemons=records))
+    return root
+
+
+def test_talk_finds_the_stack_up_started_on_any_port(
+    embedded: EmbeddedStack, tmp_path: Path
+) -> None:
+    """No --url: the orchestrator `duplexctl up` started (here not on 8080); --url NAME; and a
+    hint that never says "start it" while one runs."""
+    state = _up_state(embedded, tmp_path / "state")
+    out = _talk("--text", jack="unused", stdin="hello\n", state=state)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "bot  › Hello!" in out.stdout
+    assert "embedded" not in out.stderr  # it did not start a private stack
+    named = _talk("--text", "--url", "orchestrator", jack="unused", stdin="hello\n", state=state)
+    assert named.returncode == 0 and "bot  › Hello!" in named.stdout, named.stderr
+    worker = _talk("--text", "--url", "tts-worker@0", jack="unused", state=state)
+    assert worker.returncode == 2
+    assert "'tts-worker@0' is a worker, not an orchestrator" in worker.stderr
+    unknown = _talk("--text", "--url", "orch", jack="unused", state=state)
+    assert unknown.returncode == 2
+    assert "unknown orchestrator 'orch'; known orchestrators: orchestrator" in unknown.stderr
+    elsewhere = _talk("--text", "--url", f"127.0.0.1:{free_port()}", jack="unused", state=state)
+    assert elsewhere.returncode == 8, elsewhere.stderr
+    hint = " ".join(elsewhere.stderr.split())
+    assert f"`duplexctl up` runs orchestrator at {embedded.addr}: `--url orchestrator`" in hint
+    assert "start" not in hint.split("hint:")[1]
+    # up's orchestrator runs but does not answer where the state says: no "start it" either
+    mute = _up_state(embedded, tmp_path / "mute", orch_addr=f"127.0.0.1:{free_port()}")
+    stuck = _talk("--text", jack="unused", state=mute)
+    assert stuck.returncode == 8, stuck.stderr
+    hint = " ".join(stuck.stderr.split())
+    assert "`duplexctl up` runs orchestrator there" in hint and "but it does not answer" in hint
+    assert "start" not in hint.split("hint:")[1]
 
 
 def test_spoken_mode_on_a_silent_mic_says_so(stack: str, jack: str, tmp_path: Path) -> None:
@@ -370,10 +429,16 @@ def test_file_conversation_writes_the_speaker_track_and_events(
     with wave.open(str(wav_out)) as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48_000, 1, 2)
         speaker = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
-    assert abs(len(speaker) / 48_000 - (in_s + 4.0)) < 0.1  # the input, then the 4 s tail
     assert speaker.std() > 300  # the reply is in it
     assert not speaker[: int(in_s * 48_000) // 2].any()  # nothing played while the user spoke
     evs = _events(events)
+    turn = next(e for e in evs if e["type"] == "turn")  # the reply played to its end...
+    assert turn["heard"] == turn["reply_text"] and not turn["interrupted"]
+    assert f"bot  › {turn['heard']}" in out.stdout
+    quiet_s = len(speaker) / 48_000 - turn["t_ms"] / 1000  # ...then --tail 2 s of quiet
+    assert 2.0 <= quiet_s < 3.5, quiet_s
+    latency = next(e for e in evs if e["type"] == "latency")  # at its first audio
+    assert turn["t_ms"] - latency["t_ms"] > 4000  # a fixed 4 s tail after the file cut it
     kinds = {e["type"] for e in evs}
     assert {"ready", "transcript", "latency", "reply"} <= kinds
     final = next(e for e in evs if e["type"] == "transcript" and e["final"])
@@ -381,6 +446,51 @@ def test_file_conversation_writes_the_speaker_track_and_events(
     latency = next(e for e in evs if e["type"] == "latency")
     assert latency["total_ms"] > 0 and latency["end_of_speech_ms"] > 0
     assert "you  › " in out.stdout and "turn 1: end of speech" in out.stdout
+
+
+def _wav(path: Path, pcm_16k: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16_000)
+        wav.writeframes(pcm_16k.astype("<i2").tobytes())
+    return path
+
+
+def test_file_mode_caps_the_wait_for_a_reply_and_says_so(stack: str, tmp_path: Path) -> None:
+    """A reply longer than --max-wait (the ~30 s story) is cut there, and it says so."""
+    story = _wav(tmp_path / "story.wav", concat(silence(400), speech("tell me a story")))
+    started = time.monotonic()
+    out = _talk("--input", str(story), "--max-wait", "3", "--url", stack, jack="unused")
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = " ".join(out.stderr.split())
+    assert "stopped 3 s after the input ended (--max-wait) with a reply still going" in said
+    cut = next(ln for ln in out.stdout.splitlines() if ln.startswith("bot  › Once upon a time,"))
+    assert cut.endswith(" …")  # what came of it so far, marked unfinished
+    assert took < 30  # not the whole story (~30 s)
+
+
+def test_file_mode_shows_what_was_heard_of_an_interrupted_reply(stack: str, tmp_path: Path) -> None:
+    """Talking over the story 1.5 s in: the bot's line is the words that played and a cut
+    mark, in the console and the events file, not every clause the server had sent."""
+    ask = concat(silence(300), speech("please tell me a story"))
+    mic = concat(ask, silence(650 + 1500), speech("wait, what time is it now"), silence(300))
+    events = tmp_path / "ev.jsonl"
+    out = _talk(
+        "--input", str(_wav(tmp_path / "q.wav", mic)), "--events", str(events), "--url", stack,
+        jack="unused",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    turns = [e for e in _events(events) if e["type"] == "turn"]
+    story = turns[0]
+    assert story["interrupted"], turns
+    assert story["heard"].startswith("Once upon a time,") and story["heard"].endswith(" ⟂")
+    assert "named Ada." in story["reply_text"]  # the server sent that clause's first frame...
+    assert "named Ada." not in story["heard"]  # ...it was not heard to its end
+    bot_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("bot  › ")]
+    assert bot_lines[0] == f"bot  › {story['heard']}"
+    assert turns[1]["heard"].startswith("It is")
 
 
 def test_file_mode_with_an_unreachable_orchestrator_exits_8(question_wav: Path) -> None:

@@ -66,8 +66,11 @@ def stack(worker: DaemonProc, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield orch
 
 
-def _status(addr: str) -> dict[str, Any]:
-    return dict(httpx.get(f"http://{addr}/status", timeout=5).json())
+def _status(addr: str, api_key: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    resp = httpx.get(f"http://{addr}/status", headers=headers, timeout=5)
+    resp.raise_for_status()  # with a key set, /status needs it (401)
+    return dict(resp.json())
 
 
 def _wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
@@ -483,7 +486,8 @@ async def test_whip_api_key_and_idle_timeout(worker: DaemonProc, tmp_path: Path)
             print(f"idle session ended after {time.monotonic() - t0:.1f} s (idle_timeout_s 3)")
         finally:
             peer.kill()
-        _wait_until(lambda: not _status(orch.addr)["sessions"], 10, "the session to be gone")
+        assert httpx.get(f"http://{orch.addr}/status", timeout=5).status_code == 401
+        _wait_until(lambda: not _status(orch.addr, "k3y")["sessions"], 10, "the session to be gone")
 
 
 @needs_aiortc

@@ -192,6 +192,30 @@ async def test_error_statuses_and_worker_keeps_serving(worker: DaemonProc) -> No
 
 
 @pytest.mark.asyncio
+async def test_a_load_that_cannot_happen_keeps_the_warm_models(tmp_path: Path) -> None:
+    """No weights for XTTS, the resident cap full and espeak young (inside min residency):
+    the load names the missing weights and the pull (not the cap) and evicts nothing; STATE
+    says what a user can do about each model."""
+    args = ["--preload-models", "espeak-en", "--resident-cap", "2", "--min-residency-ms", "600000"]
+    env = {"DUPLEX_MODELS_DIR": str(tmp_path / "models")}
+    with daemon("worker", tmp_path, args, env=env) as w:
+        async with TTSClient(w.addr) as client:
+            with pytest.raises(FailedPrecondition) as refused:
+                await client.load_model("xtts-v2-en")
+            assert "not found" in refused.value.message
+            assert "duplexctl models pull xtts-v2-en" in (refused.value.hint or "")
+            listing = {m.id: m for m in (await client.list_models()).models}
+            assert listing["espeak-en"].resident and listing["piper-en-us-joe"].resident
+            assert listing["xtts-v2-en"].status == "not pulled"
+            assert listing["xtts-v2-en"].state == pb.UNAVAILABLE
+            assert listing["parler-tts-mini-v1"].status == "needs parler env"
+            assert "engine-env.sh parler" in listing["parler-tts-mini-v1"].unavailable_reason
+            assert listing["melotts-en"].status == "unavailable"
+            assert listing["espeak-en"].status == "resident"
+            assert '"change": "evicted"' not in w.log_text()
+
+
+@pytest.mark.asyncio
 async def test_busy_worker_answers_resource_exhausted(tmp_path: Path) -> None:
     with daemon("worker", tmp_path, ["--config", str(_config(tmp_path, "max_sessions: 2"))]) as w:
         async with TTSClient(w.addr) as client:

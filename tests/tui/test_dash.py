@@ -25,6 +25,7 @@ from textual.widgets.data_table import CellDoesNotExist
 from typer.testing import CliRunner
 
 from duplexctl.cli.dash import dash
+from duplexctl.supervise.logs import marker_line
 from duplexctl.supervise.state import DaemonRecord, FleetState, StateStore, process_created
 from duplexctl.tui.app import DaemonControl, DashApp
 from duplexctl.tui.data import (
@@ -209,6 +210,33 @@ def test_log_filter_words_and_level() -> None:
     assert not LogFilter.parse("ready level:error").accepts(info)
 
 
+def test_the_log_pane_starts_at_the_current_run(tmp_path: Path) -> None:
+    """Lines of an earlier `duplexctl up` are not this run's: the first read starts at the
+    last start marker (a restart's marker and the crash before it stay); then it tails."""
+    from duplexctl.tui.history import LogTail
+
+    path = tmp_path / "tts-worker@0.log"
+    path.write_bytes(
+        (_log("old run: ready") + "\n" + _log("old run: crash", "error") + "\n").encode()
+        + marker_line("tts-worker@0", 0)
+        + (_log("new run: ready") + "\n" + _log("new run: crash", "error") + "\n").encode()
+        + marker_line("tts-worker@0", 1)
+        + (_log("after restart") + "\n").encode()
+    )
+    tail = LogTail()
+    events = [json.loads(line.raw)["event"] for line in tail.read({"w0": path})]
+    assert events == [
+        "supervisor: starting", "new run: ready", "new run: crash", "supervisor: restart #1",
+        "after restart",
+    ]  # fmt: skip
+    with path.open("a") as fh:
+        fh.write(_log("later") + "\n")
+    assert json.loads(tail.read({"w0": path})[-1].raw)["event"] == "later"
+    without = tmp_path / "plain.log"  # no marker (started by hand): its tail as it is
+    without.write_text(_log("a") + "\n" + _log("b") + "\n")
+    assert [line.raw for line in LogTail().read({"p": without})] == [_log("a"), _log("b")]
+
+
 @pytest.mark.asyncio
 async def test_turn_bars_are_means_between_polls(tmp_path: Path) -> None:
     from duplexctl.tui.history import TurnTracker, prometheus_samples
@@ -257,7 +285,8 @@ def test_help_documents_the_keys() -> None:
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     """One real `duplexd worker` (Piper default, eSpeak in the catalog) for this module."""
-    with daemon("worker", tmp_path_factory.mktemp("worker")) as proc:
+    root = tmp_path_factory.mktemp("worker")
+    with daemon("worker", root, env={"DUPLEX_MODELS_DIR": str(root / "models")}) as proc:
         yield proc
 
 
@@ -299,6 +328,24 @@ async def palette(pilot: Pilot[Any], command: str) -> None:
     best = hits.get_option_at_index(0)
     assert isinstance(best, Command) and best.hit.text == command, best.prompt
     await pilot.press("enter")
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_state_says_what_a_user_can_do_as_models_list_does(
+    worker: DaemonProc, tmp_path: Path
+) -> None:
+    """The worker's words, the same as `duplexctl models list` and `/models`: not pulled,
+    needs parler env (its own environment), unavailable with the first clause of why."""
+    app = live_app(tmp_path, (worker.addr,))
+    async with app.run_test(size=(140, 48)) as pilot:
+        await until(pilot, lambda: state_of(app, worker.addr, "xtts-v2-en") != "")
+        assert state_of(app, worker.addr, "xtts-v2-en") == "not pulled"
+        assert state_of(app, worker.addr, "sesame-unsloth-lora01") == "not pulled"
+        assert state_of(app, worker.addr, "parler-tts-mini-v1") == "needs parler env"
+        melo = state_of(app, worker.addr, "melotts-en")
+        assert melo.startswith("unavailable: MeloTTS"), melo
+        assert state_of(app, worker.addr, "espeak-en") == "not loaded"
 
 
 @pytest.mark.integration
@@ -349,7 +396,12 @@ async def test_daemons_from_the_state_file_dead_one_in_red_with_logs(
     store = StateStore(tmp_path / "state")
     store.ensure()
     dead_log = store.log_file("tts-worker@1")
-    dead_log.write_text(_log("worker ready") + "\n" + _log("boom: out of memory", "error") + "\n")
+    earlier_up = _log("an earlier up's crash", "error") + "\n"  # before this run's start marker
+    dead_log.write_bytes(
+        (earlier_up + _log("worker ready") + "\n").encode()
+        + marker_line("tts-worker@1", 0)
+        + (_log("worker ready") + "\n" + _log("boom: out of memory", "error") + "\n").encode()
+    )
     me = os.getpid()  # any live process stands in for the supervisor
     store.write(
         FleetState(
@@ -379,6 +431,7 @@ async def test_daemons_from_the_state_file_dead_one_in_red_with_logs(
 
         log = app.query_one(RichLog)
         await until(pilot, lambda: any("worker ready" in line.text for line in log.lines))
+        assert not any("earlier up" in line.text for line in log.lines)  # the current run only
         await pilot.press("slash", *"level:error")
         await until(pilot, lambda: len(log.lines) == 1)
         assert "boom: out of memory" in log.lines[0].text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -132,13 +133,49 @@ def test_max_chars_forces_a_cut_at_the_last_space() -> None:
     assert " ".join(units) == words
 
 
-def test_a_word_longer_than_max_chars_is_kept_whole() -> None:
+def test_a_word_longer_than_max_chars_is_cut_into_pieces() -> None:
     chunker = TextChunker(min_chars=5, max_chars=10)
     assert chunk_all("ab supercalifragilistic cd", chunker) == [
         "ab",
-        "supercalifragilistic",
+        "supercalif",
+        "ragilistic",
         "cd",
     ]
+
+
+def test_a_4000_character_word_never_makes_a_unit_longer_than_max_chars() -> None:
+    """Issue item 9: one unbreakable 4,000-character word was one unit, and Piper took ~1 GB
+    of memory synthesizing it (kept by onnxruntime)."""
+    word = "".join(chr(ord("a") + i % 26) for i in range(4000))
+    units = chunk_all(f"Say {word} now.")
+    assert max(len(u) for u in units) <= 220
+    assert "".join("".join(units).split()) == f"Say{word}now."
+
+
+def test_a_long_streamed_word_goes_out_in_pieces_before_it_ends() -> None:
+    """No whitespace ever comes: the pieces must not wait for it (or for `flush`)."""
+    chunker = TextChunker(max_chars=50)
+    units: list[str] = []
+    for _ in range(400):
+        units += chunker.push("xyz")  # 1,200 characters, no space
+    assert len(units) == 1200 // 50 - 1  # all but the last piece, which may still grow
+    assert all(len(u) == 50 for u in units)
+    rest = chunker.flush()
+    assert len(rest) == 1 and len(rest[0]) == 50
+    assert "".join(units + rest) == "xyz" * 400
+
+
+def test_long_words_are_cut_after_punctuation_inside_them() -> None:
+    url = "https://example.com/a/rather/long/path/to/some/resource?query=yes&more=no"
+    assert chunk_all(url, TextChunker(min_chars=10, max_chars=40)) == [
+        "https://example.com/a/rather/long/path/",
+        "to/some/resource?query=yes&more=no",
+    ]
+    # a combining mark stays with its letter
+    accented = "e\u0301" * 30  # 60 code points
+    units = chunk_all(accented, TextChunker(min_chars=5, max_chars=7))
+    assert all(not unicodedata.combining(u[0]) for u in units)
+    assert "".join(units) == accented
 
 
 def test_unit_is_released_as_soon_as_the_partial_word_cannot_fit() -> None:
@@ -163,6 +200,12 @@ def test_flush_normalises_whitespace_and_drops_empty_units() -> None:
     assert chunker.flush() == []
     assert chunk_all("  spaced\t\tout   words  ") == ["spaced out words"]
     assert chunk_all("") == []
+
+
+def test_control_characters_read_as_spaces() -> None:
+    """The fuzz found it: eSpeak failed a whole unit (INTERNAL) for one NUL in the text."""
+    assert chunk_all("Hi\x00there\x07. \x1b[1mBold\x9b, ok\x7f") == ["Hi there .", "[1mBold , ok"]
+    assert chunk_all("\x00\x01\x02") == []
 
 
 def test_flush_starts_a_new_utterance() -> None:
@@ -198,11 +241,17 @@ def test_units_preserve_the_words_for_any_split(
     pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     chunker = TextChunker(first_min_chars=first_min, min_chars=min_chars, max_chars=max_chars)
     units = [u for piece in pieces for u in chunker.push(piece)] + chunker.flush()
-    assert " ".join(units).split() == text.split()
-    longest_word = max((len(w) for w in text.split()), default=0)
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)  # as it reads it
+    # nothing lost, added or reordered; every unit within max_chars, whatever the text
+    assert "".join("".join(units).split()) == "".join(text.split())
     for unit in units:
         assert unit and unit == " ".join(unit.split())
-        assert len(unit) <= max_chars + longest_word
+        assert len(unit) <= max_chars
+    # and a word that fits is never cut (CJK marks end words without a space: not those)
+    tokens = {t for unit in units for t in unit.split()}
+    for word in text.split():
+        if len(word) <= max_chars and not any(mark in word for mark in "。！？、，；："):
+            assert word in tokens
 
 
 def test_japanese_without_spaces_cuts_at_its_own_marks() -> None:

@@ -62,6 +62,71 @@ def test_importing_the_cli_imports_no_heavy_module() -> None:
     assert out.stdout.strip() == "", f"imported at `duplexctl --help` time: {out.stdout}"
 
 
+# What rendering `duplexctl --help` must not import either: rich's Markdown and Traceback (which
+# typer's help renderer imports at its top: markdown-it and pygments) and the package metadata.
+HELP_HEAVY = (*HEAVY, "httpx", "markdown_it", "pygments", "rich.markdown", "rich.traceback",
+              "importlib.metadata")  # fmt: skip
+
+
+def test_rendering_the_help_imports_no_heavy_module() -> None:
+    """`duplexctl --help` in ≤ 300 ms comes down to what it imports: this is that list."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['duplexctl', '--help']\n"
+        "from duplexctl.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY:' + ','.join(m for m in {HELP_HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "Usage: duplexctl" in out.stdout and "models" in out.stdout
+    assert out.stdout.rstrip().endswith("HEAVY:"), out.stdout.rstrip().rpartition("HEAVY:")[2]
+
+
+_DEFERRED_STILL_WORK = """
+import sys, io, contextlib
+from duplexctl.cli.main import defer_rich_extras
+defer_rich_extras()
+import typer, typer.rich_utils as ru
+assert "rich.markdown" not in sys.modules
+md = ru.Markdown("**bold**")
+from rich.markdown import Markdown
+assert type(md) is Markdown, type(md)
+try:
+    1 / 0
+except ZeroDivisionError as exc:
+    tb = ru.Traceback.from_exception(type(exc), exc, exc.__traceback__)
+from rich.traceback import Traceback
+assert type(tb) is Traceback
+app = typer.Typer(rich_markup_mode="markdown")
+@app.command()
+def hello() -> None:
+    "Say **hello** in markdown."
+@app.command()
+def bye() -> None:
+    "Say bye."
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+    app(["--help"])
+assert "Say hello in markdown" in out.getvalue(), out.getvalue()
+print("ok")
+"""
+
+
+def test_the_deferred_rich_classes_still_work_after_a_fast_help() -> None:
+    """The help path imports typer's renderer with stand-ins for Markdown and Traceback; a
+    markdown help and a traceback in the same process still get the real classes."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DEFERRED_STILL_WORK],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_python_dash_m_runs_the_console() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "duplexctl", "--version"],

@@ -120,6 +120,27 @@ def test_say_writes_a_48k_mono_wav_and_reports_first_audio(cli: Invoke, tmp_path
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 500  # speech, not silence
 
 
+def test_say_to_a_file_is_not_paced_to_real_time(cli: Invoke, tmp_path: Path) -> None:
+    """A file needs no real-time pacing: a paced worker could not deliver the audio in less
+    than its own length, this one must (Piper runs at a fraction of real time)."""
+    import time
+
+    out = tmp_path / "long.wav"
+    text = (
+        "Once upon a time, in a small town by the sea, there lived a lighthouse keeper "
+        "named Ada, who counted the ships every night."
+    )
+    started = time.perf_counter()
+    result = cli("say", text, "--out", str(out))
+    took = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    with wave.open(str(out), "rb") as wav:
+        audio_s = wav.getnframes() / wav.getframerate()
+    print(f"{audio_s:.2f} s of audio written in {took:.2f} s")
+    assert audio_s > 4.0
+    assert took < 0.8 * audio_s, f"{audio_s:.2f} s of audio took {took:.2f} s: paced"
+
+
 def test_say_with_another_model(cli: Invoke, tmp_path: Path) -> None:
     out = tmp_path / "espeak.wav"
     result = cli("say", "Testing espeak.", "--model", "espeak-en", "-o", str(out))

@@ -22,7 +22,9 @@ def test_sample_files_validate_and_equal_the_defaults() -> None:
 
 def test_precedence_yaml_env_cli(tmp_path: Path) -> None:
     f = tmp_path / "w.yaml"
-    f.write_text("model_manager:\n  ttl_ms: 1000\n  resident_cap: 5\nworker:\n  port: 7100\n")
+    f.write_text(
+        "model_manager:\n  ttl_ms: 1000\n  resident_cap: 5\nworker:\n  port: 7100\n  name: w-yaml\n"
+    )
     env = {"DUPLEX_MODEL_MANAGER__TTL_MS": "2000", "DUPLEX_WORKER__PORT": "7200"}
     cfg = load_config(
         WorkerConfig, f, env=env, overrides={"worker.port": 7300, "worker.name": None}
@@ -30,7 +32,7 @@ def test_precedence_yaml_env_cli(tmp_path: Path) -> None:
     assert cfg.model_manager.resident_cap == 5  # YAML
     assert cfg.model_manager.ttl_ms == 2000  # env beats YAML
     assert cfg.worker.port == 7300  # CLI beats env
-    assert cfg.worker.name == "tts-worker@0"  # an unset flag overrides nothing
+    assert cfg.worker.name == "w-yaml"  # an unset flag overrides nothing
 
 
 def test_env_aliases_and_lists() -> None:
@@ -70,3 +72,16 @@ def test_unreadable_files(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(WorkerConfig, bad, env={})
+
+
+def test_worker_name_defaults_to_host_and_port_in_fleet_mode() -> None:
+    """Unnamed workers of a fleet must not all claim `tts-worker@0`; a given name is kept."""
+    import socket
+
+    host = socket.gethostname().split(".")[0]
+    assert WorkerConfig().worker_name(7001) == "tts-worker@0"  # the embedded default
+    fleet = load_config(WorkerConfig, env={"DUPLEX_REDIS_URL": "redis://h:6379/0"})
+    assert fleet.worker_name(7002) == f"tts-{host}-7002"
+    named = load_config(WorkerConfig, env={"DUPLEX_REDIS_URL": "redis://h:6379/0"},
+                        overrides={"worker.name": "gpu-a"})  # fmt: skip
+    assert named.worker_name(7002) == "gpu-a"

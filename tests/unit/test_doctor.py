@@ -105,11 +105,12 @@ def test_every_row_that_is_not_ok_has_a_fix() -> None:
 
 
 def table_rows(stdout: str) -> list[tuple[str, str]]:
-    """(check, status) of each table row; continuation lines of wrapped cells start blank."""
+    """(check, status) of each table row: not a terminal, the table is plain columns, one line
+    a row (no box, nothing wrapped), under its header; the summary line follows."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("─")) + 1
-    starts = [line for line in lines[start:] if line.startswith("  ") and line[2:3].strip()]
-    cells = [re.split(r"\s{2,}", line.strip()) for line in starts]
+    assert re.match(r"Check\s{2,}Status\s{2,}Detail\s{2,}Fix$", lines[0]), lines[0]
+    assert not any(ch in stdout for ch in "─│┃━"), "box characters in piped output"
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines[1:-1]]
     return [(check, status) for check, status, *_ in cells]
 
 
@@ -284,3 +285,45 @@ def test_a_check_that_raises_becomes_a_fail_row(tmp_path: Path) -> None:
     )
     assert rows[0].fix
     assert rows[1].status == "ok"
+
+
+# --- the fixes are the right ones -------------------------------------------------------------
+
+
+def test_model_fixes_name_the_real_step(tmp_path: Path) -> None:
+    """MeloTTS: nothing to install; Parler: its own environment first; a LoRA voice: its
+    base's pull first (and its own from a copy: it has no source)."""
+    models = tmp_path / "models"
+    _, rows = doctor_json(DUPLEX_MODELS_DIR=str(models))
+    melo = row(rows, "model melotts-en")
+    assert "cannot serve it" in melo["detail"] and "MeloTTS" in melo["detail"]
+    assert "install" not in melo["fix"].replace("installable", "")
+    assert "docs/models.md" in melo["fix"]
+    parler = row(rows, "model parler-tts-mini-v1")
+    assert parler["fix"].startswith("bash scripts/engine-env.sh parler")
+    assert "duplexctl models pull parler-tts-mini-v1" in parler["fix"]
+    assert "--extra" not in parler["fix"]
+    voice = row(rows, "model sesame-unsloth-lora01")
+    base_pull, voice_pull = voice["fix"].split("; then ")
+    assert base_pull.startswith("duplexctl models pull sesame-csm-1b")
+    assert voice_pull.startswith("duplexctl models pull sesame-unsloth-lora01 --from PATH")
+    # the base pulled, the voice not yet: only the voice's own copy remains to do
+    (models / "sesame-csm-1b").mkdir(parents=True)
+    _, rows = doctor_json(DUPLEX_MODELS_DIR=str(models))
+    voice = row(rows, "model sesame-unsloth-lora01")
+    assert "sesame-csm-1b" not in voice["fix"]
+    # and the voice pulled, the base gone: the base's pull
+    (models / "sesame-csm-1b").rmdir()
+    (models / "sesame-unsloth-lora01").mkdir()
+    _, rows = doctor_json(DUPLEX_MODELS_DIR=str(models))
+    voice = row(rows, "model sesame-unsloth-lora01")
+    assert "base model sesame-csm-1b is not pulled" in voice["detail"]
+    assert voice["fix"] == "duplexctl models pull sesame-csm-1b  (its base)"
+
+
+def test_a_family_no_package_provides_gets_no_install_advice(configs: Path) -> None:
+    add_model(configs, "  - {model_id: alien, family: nonesuch, native_sr: 24000}\n")
+    add_model(configs, "  - {model_id: et, family: nonesuch, native_sr: 24000, extra: xtts}\n")
+    _, rows = doctor_json("--config-dir", str(configs))
+    assert "install the plugin that does, or remove" in row(rows, "model alien")["fix"]
+    assert row(rows, "model et")["fix"].startswith("uv sync --extra xtts")

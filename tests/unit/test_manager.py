@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,13 +80,14 @@ async def harness(
     memory_mb: int = 10_000,
     start: bool = True,
     load_fn: Callable[..., Any] | None = None,
+    models: Catalog | None = None,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     memory = FakeMemory(memory_mb * MIB)
     loader = FakeLoader(memory)
     clock = ManualClock()
     manager = ModelManager(
-        catalog(*ids, mb=mb),
+        models or catalog(*ids, mb=mb),
         ModelManagerConfig(**{**BASE_CONFIG, **config}),
         load_fn or loader,
         clock=clock,
@@ -615,3 +617,120 @@ def test_memory_probe_reads_ram_and_explains_a_missing_gpu_library(
     with pytest.raises(ResourceExhausted, match="cannot measure free memory on cuda:1") as info:
         memory.available_bytes("cuda:1")
     assert "nvidia-ml-py" in str(info.value)
+
+
+# -- a load that cannot happen costs nothing ---------------------------------------------------
+
+
+def pulled_catalog(models_dir: Path, mb: dict[str, int]) -> Catalog:
+    """Models whose weights live at `models_dir/<id>` (pulled when that folder exists)."""
+    return Catalog(
+        {
+            m: meta(m, size).model_copy(
+                update={"weights": f"models://{m}", "models_dir": models_dir}
+            )
+            for m, size in mb.items()
+        }
+    )
+
+
+def adapter_like(loader: FakeLoader) -> Callable[[ModelMeta], Any]:
+    """A LoadFn that, like every real adapter, finds missing weights only when it loads."""
+
+    def load(m: ModelMeta) -> Any:
+        m.weights_path()
+        return loader(m)
+
+    return load
+
+
+@pytest.mark.asyncio
+async def test_a_load_without_weights_evicts_nothing_and_says_pull(tmp_path: Path) -> None:
+    models = pulled_catalog(tmp_path, {"d": 100, "a": 100, "x": 100})
+    for pulled in ("d", "a"):
+        (tmp_path / pulled).mkdir()
+    loader = FakeLoader()
+    async with harness(
+        models=models, load_fn=adapter_like(loader), resident_cap=2, min_residency_ms=0
+    ) as h:
+        await h.manager.load("a")
+        h.clock.advance(10)
+        # the cap is full and a is idle: a load that could happen would evict it
+        with pytest.raises(WeightsMissing, match="duplexctl models pull x"):
+            await h.manager.load("x")
+        assert h.manager.resident_ids() == ["d", "a"]
+        assert not [e for e in h.events if e[0] == "evicted"]
+        assert loader.calls["x"] == 0
+        status = h.manager.status("x")
+        assert (status.state, status.status) == ("unavailable", "not pulled")
+        assert "models pull x" in (status.unavailable_reason or "")
+        (tmp_path / "x").mkdir()  # pulled: the listing says so at once, the load evicts a
+        status = h.manager.status("x")
+        assert (status.state, status.status) == ("not_loaded", "not loaded")
+        assert (await h.manager.load("x")).evicted == ["a"]
+
+
+@pytest.mark.asyncio
+async def test_inside_min_residency_the_missing_weights_are_named_not_the_cap(
+    tmp_path: Path,
+) -> None:
+    models = pulled_catalog(tmp_path, {"d": 100, "a": 100, "x": 100})
+    for pulled in ("d", "a"):
+        (tmp_path / pulled).mkdir()
+    async with harness(models=models, resident_cap=2, min_residency_ms=60_000) as h:
+        await h.manager.load("a")
+        with pytest.raises(WeightsMissing) as info:
+            await h.manager.load("x")
+        assert info.value.exit_code == WeightsMissing.exit_code
+        assert "resident_cap" not in str(info.value)
+        assert "duplexctl models pull x" in str(info.value)
+        (tmp_path / "x").mkdir()
+        with pytest.raises(ResourceExhausted, match="resident_cap=2"):  # now the cap is the cause
+            await h.manager.load("x")
+
+
+@pytest.mark.asyncio
+async def test_memory_that_evicting_cannot_free_is_refused_before_any_eviction() -> None:
+    sizes = {"d": 300, "a": 300, "p": 300, "big": 600}
+    models = Catalog({m: meta(m, mb) for m, mb in sizes.items()})
+    async with harness(models=models, memory_mb=1000, min_residency_ms=0) as h:
+        await h.manager.load("a")
+        await h.manager.load("p", pin=True)
+        h.clock.advance(10)
+        # 100 MiB free; evicting a (the only idle model) would give 400: big needs 600
+        with pytest.raises(ResourceExhausted, match="needs 600 MiB, 100 MiB free") as info:
+            await h.manager.load("big")
+        assert "evicting every idle model would free only 300 MiB" in str(info.value)
+        assert h.manager.resident_ids() == ["d", "a", "p"]
+        assert not [e for e in h.events if e[0] == "evicted"]
+        h.manager.set_pinned("p", False)  # now a and p together make room: both go
+        assert sorted((await h.manager.load("big")).evicted) == ["a", "p"]
+
+
+@pytest.mark.asyncio
+async def test_the_plan_evicts_for_the_cap_and_memory_together() -> None:
+    sizes = {"d": 100, "a": 300, "b": 300, "c": 500}
+    models = Catalog({m: meta(m, mb) for m, mb in sizes.items()})
+    async with harness(models=models, memory_mb=1000, resident_cap=3, min_residency_ms=0) as h:
+        await h.manager.load("a")
+        h.clock.advance(10)
+        await h.manager.load("b")
+        h.clock.advance(10)
+        # the cap takes a (least recently used); 300 + 300 free then fit c's 500
+        assert (await h.manager.load("c")).evicted == ["a"]
+        assert h.manager.resident_ids() == ["d", "b", "c"]
+
+
+@pytest.mark.asyncio
+async def test_a_lora_voice_whose_base_is_not_pulled_says_so(tmp_path: Path) -> None:
+    models = pulled_catalog(tmp_path, {"d": 100, "base": 100, "voice": 10})
+    voice = models.get("voice").model_copy(update={"base_model": "base"})
+    models = Catalog({m.model_id: voice if m.model_id == "voice" else m for m in models})
+    for pulled in ("d", "voice"):
+        (tmp_path / pulled).mkdir()
+    async with harness(models=models) as h:
+        assert h.manager.status("voice").status == "base not pulled"
+        assert h.manager.status("base").status == "not pulled"
+        with pytest.raises(WeightsMissing, match="duplexctl models pull base"):
+            await h.manager.load("voice")
+        assert h.manager.resident_ids() == ["d"]

@@ -53,6 +53,11 @@ def test_hello_defaults_and_frame_size() -> None:
         ('{"type": "hello", "colour": "red"}', "colour: Extra inputs"),
         ('{"type": "text", "text": ""}', "bad text message"),
         ('{"type": "text", "text": "' + "x" * 4001 + '"}', "at most 4000"),
+        ("[" * 50_000 + "]" * 50_000, "nested deeper than 32"),
+        ('{"type": "ping", "t": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}", "nested deeper"),
+        ('{"type": "text", "text": "a\\ud800"}', "lone surrogate"),
+        ('{"type": "ping", "t": NaN}', "finite number"),
+        ('{"type": "hello", "voice": "' + "v" * 201 + '"}', "at most 200"),
     ],
 )
 def test_bad_messages_name_the_problem(raw: str, message: str) -> None:
@@ -62,6 +67,8 @@ def test_bad_messages_name_the_problem(raw: str, message: str) -> None:
 
 def test_messages_parse() -> None:
     assert isinstance(parse_client_json('{"type": "text", "text": "hi"}'), TextMsg)
+    emoji = parse_client_json('{"type": "text", "text": "[{\\ud83d\\ude00}]"}')  # a pair: fine
+    assert isinstance(emoji, TextMsg) and emoji.text == "[{\U0001f600}]"
     llm = parse_client_json('{"type": "llm", "text": "a", "final": true}')
     assert isinstance(llm, LlmMsg) and llm.final
 
@@ -114,6 +121,35 @@ async def test_outbox_bounds_audio_for_a_slow_client() -> None:
     box.start()
     await box.aclose()
     assert transport.sent == [b"\x02", b"\x03", b"\x04"] and box.dropped == 2
+
+
+@pytest.mark.asyncio
+async def test_outbox_bounds_events_then_gives_up_on_a_client_that_does_not_read() -> None:
+    transport = _Recorder()  # never lets a send finish: a client that does not read
+    reasons: list[str] = []
+    box = Outbox(transport, max_audio=2, max_events=3, on_overflow=reasons.append)
+    box.start()
+    for i in range(3):
+        box.event({"n": i})
+        box.audio(bytes([i]))
+    await asyncio.sleep(0)  # the writer takes the first event and blocks on it
+    assert (box.queued_events, box.queued_audio) == (2, 2)
+    box.event({"n": 3})
+    box.event({"n": 4})  # one past the bound: everything queued goes, the client is given up
+    assert len(reasons) == 1 and "not reading" in reasons[0] and box.overflowed == reasons[0]
+    assert (box.queued_events, box.queued_audio) == (0, 0)
+    box.event({"n": 5})
+    box.audio(b"x")
+    assert (box.queued_events, box.queued_audio) == (0, 0) and len(reasons) == 1
+    box.event({"type": "error", "fatal": True}, force=True)  # the last word still goes
+    assert box.queued_events == 1
+    await box.aclose(drain_s=0.01)
+    assert box.take_unsent() == [{"type": "error", "fatal": True}]
+    # without a way to give up on the client (WebRTC), the oldest events go instead
+    lossy = Outbox(_Recorder(), max_events=2)
+    for i in range(5):
+        lossy.event({"n": i})
+    assert [e for _, e in lossy._items] == [{"n": 3}, {"n": 4}] and lossy.dropped_events == 3
 
 
 def _frame(value: int) -> bytes:

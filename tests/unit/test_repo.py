@@ -43,3 +43,41 @@ def test_no_weights_or_audio_committed() -> None:
     ).stdout
     bad = [f for f in tracked.splitlines() if f.endswith((".onnx", ".bin", ".pth", ".wav"))]
     assert not bad, f"weights/audio must not be committed: {bad}"
+
+
+def test_setup_says_how_far_its_long_steps_are(tmp_path: Path) -> None:
+    """The sync (multi-GB with --dev) is not silent: piped, as in CI, a line every heartbeat
+    with the time so far and the size of the venv, then the time it took; uv runs quiet."""
+    venv, calls = tmp_path / "venv", tmp_path / "uv-calls"
+    fake_uv = tmp_path / "uv"
+    fake_uv.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        "[[ $1 == sync ]] || exit 0\n"
+        f"mkdir -p {venv}\n"
+        f"for i in 1 2 3; do head -c 300000 /dev/zero > {venv}/part$i; sleep 1; done\n"
+    )
+    fake_uv.chmod(0o755)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DUPLEX_SETUP_UV": str(fake_uv),
+        "DUPLEX_SETUP_HEARTBEAT_S": "1",
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+    }
+    out = subprocess.run(
+        ["bash", "scripts/setup.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout).splitlines()
+    beats = [ln for ln in lines if re.fullmatch(rf"\[setup\] … uv sync into {venv}: \d+s, .+", ln)]
+    assert beats, lines
+    assert f"{venv} is" in beats[-1]
+    assert any(re.fullmatch(rf"\[setup\] uv sync into {venv}: done in \d+s", ln) for ln in lines)
+    assert "sync --locked --no-dev --compile-bytecode --quiet" in calls.read_text()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from duplexd.config import OrchestratorConfig, TurnConfig, WorkerEndpoint
+from duplexd.config import OrchestratorConfig, SessionsConfig, TurnConfig, WorkerEndpoint
 from duplexd.devkit.fakes import (
     FakeEndOfTurn,
     FakeTranscriber,
@@ -23,9 +23,9 @@ from duplexd.devkit.fakes import (
     FakeVAD,
     RecordingTransport,
 )
-from duplexd.orchestrator.deps import SessionDeps
-from duplexd.orchestrator.llm import BuiltinResponder
-from duplexd.orchestrator.protocol import Hello
+from duplexd.orchestrator.deps import SessionDeps, responders
+from duplexd.orchestrator.llm import PushResponder
+from duplexd.orchestrator.protocol import Hello, LlmChoice
 from duplexd.orchestrator.registry import StaticRegistry
 from duplexd.orchestrator.routing import RoutingPolicy
 from duplexd.orchestrator.session import Session
@@ -93,12 +93,17 @@ async def rig_factory() -> AsyncIterator[Make]:
         end_of_turn_ms: int = 100,
         speculate: bool = False,
         model: FakeEndOfTurn | None = None,
+        push: bool = False,
+        keepalive_s: float = 60.0,
+        frame_interval_s: float = 0.002,
     ) -> Rig:
-        fakes = [FakeTTS(f"w{i}", frames_per_unit=frames_per_unit) for i in range(workers)]
+        fakes = [FakeTTS(f"w{i}", frames_per_unit=frames_per_unit,
+                         frame_interval_s=frame_interval_s) for i in range(workers)]  # fmt: skip
         config = OrchestratorConfig(
             turn=TurnConfig(
                 end_of_turn_silence_ms=end_of_turn_ms, false_interruption_ms=30, speculate=speculate
             ),
+            sessions=SessionsConfig(worker_keepalive_s=keepalive_s),
             workers=[WorkerEndpoint(name=f.name, addr=f.addr) for f in fakes],
         )
         by_addr = {f.addr: f for f in fakes}
@@ -107,13 +112,14 @@ async def rig_factory() -> AsyncIterator[Make]:
         vad, asr = FakeVAD(), FakeTranscriber(texts)
         deps = SessionDeps(
             config=config, registry=registry, policy=RoutingPolicy(), telemetry=OrchTelemetry(),
-            vad=lambda: vad, transcriber=lambda: asr, responder=lambda hello: BuiltinResponder(),
+            vad=lambda: vad, transcriber=lambda: asr, responder=responders(config),
             end_of_turn=model,
         )  # fmt: skip
         transport = RecordingTransport()
         outbox = Outbox(transport)
         outbox.start()
-        session = Session(deps, Hello(type="hello", aec=aec), outbox)
+        llm = LlmChoice(kind="push") if push else None
+        session = Session(deps, Hello(type="hello", aec=aec, llm=llm), outbox)
         await session.start()
         rig = Rig(session, vad, asr, fakes, transport, outbox)
         made.append(rig)
@@ -199,7 +205,7 @@ async def test_echo_guarded_onsets_are_ignored(rig_factory: Make) -> None:
     rig.vad.speak(rig.now_ms, rig.now_ms + 200)
     for _ in range(10):
         rig.session.on_audio(LOUD)
-    assert rig.session.state == State.BARGED_IN
+    assert rig.session.speech.now_state() == State.BARGED_IN  # (mypy narrowed .state above)
 
 
 async def test_speculative_final_dropped_when_the_user_speaks_again(rig_factory: Make) -> None:
@@ -308,3 +314,195 @@ async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Mak
     assert latency["speculations_discarded"] == 1  # "not done" dropped the first speculation
     end_of_speech = latency["end_of_speech_ms"]
     assert isinstance(end_of_speech, float) and end_of_speech < 900  # before max silence
+
+
+# -- typed text over a speaking reply (reliability issue, item 3) ------------------------------
+
+
+@pytest.mark.parametrize("after_frames", [1, 3, 6])
+async def test_text_over_a_speaking_reply_is_answered_as_the_question(
+    rig_factory: Make, after_frames: int
+) -> None:
+    rig = await speaking_rig(rig_factory, frames_per_unit=4)
+    first = rig.session.reply
+    assert first is not None
+    # interrupt at several points of the reply: at its first frame, a few units in, later
+    await rig.until(lambda: len(rig.transport.audio) >= after_frames)
+    rig.session.on_text("what is the weather like")
+    await rig.until(lambda: len(rig.events("turn")) >= 2)
+    await rig.settle()
+    first_turn, second_turn = rig.events("turn")[:2]
+    assert first_turn["interrupted"] is True
+    # answered as the question: not "You said: <the bot's own interrupted words>"
+    assert str(second_turn["reply_text"]).startswith("I can't check the weather"), second_turn
+    roles = [(m.role, m.content) for m in rig.session.history]
+    assert roles[0] == ("user", "tell me something")
+    assert roles[1][0] == "assistant" and roles[1][1] == first_turn["reply_text"]
+    assert roles[2] == ("user", "what is the weather like")
+    assert roles[3][0] == "assistant" and roles[3][1].startswith("I can't check the weather")
+
+
+async def test_two_texts_over_a_reply_are_each_answered_in_order(rig_factory: Make) -> None:
+    rig = await speaking_rig(rig_factory, frames_per_unit=4)
+    rig.session.on_text("what is the weather like")
+    rig.session.on_text("thank you")
+    await rig.until(lambda: len(rig.events("turn")) >= 3)
+    await rig.settle()
+    users = [m.content for m in rig.session.history if m.role == "user"]
+    assert users == ["tell me something", "what is the weather like", "thank you"]
+    replies = [str(t["reply_text"]) for t in rig.events("turn")[:3]]
+    # each question gets its own answer; an answer may be cut short by the next question
+    assert replies[2] == "You're welcome!"
+    for i, message in enumerate(rig.session.history):  # every answer follows its question
+        if message.role == "assistant":
+            assert rig.session.history[i - 1].role == "user"
+
+
+# -- a worker that lost the session (reliability issue, item 2) --------------------------------
+
+
+async def test_worker_restart_between_turns_rebinds_and_answers_the_same_turn(
+    rig_factory: Make,
+) -> None:
+    rig = await rig_factory()
+    session, tts = rig.session, rig.workers[0]
+    session.on_text("hello")
+    await rig.until(lambda: len(rig.events("turn")) == 1)
+    tts.restart()  # between turns: the worker forgot every session (or ended ours as idle)
+    session.on_text("what is the weather like")
+    await rig.until(lambda: len(rig.events("turn")) == 2)
+    await rig.settle()
+    second = rig.events("turn")[1]
+    assert str(second["reply_text"]).startswith("I can't check the weather")  # the same turn
+    assert not rig.events("error")  # recovered before anything was lost: nothing to report
+    assert not rig.events("worker")  # same worker, same model: nothing moved
+    assert [w.name for w in session.deps.registry.healthy()] == ["w0"]  # not blamed
+    assert tts.sessions == [tts.sessions[0]] * 2 and tts.live == {tts.sessions[0]}
+    session.on_text("thank you")  # and the turns after it work as before
+    await rig.until(lambda: len(rig.events("turn")) == 3)
+    assert rig.events("turn")[2]["reply_text"] == "You're welcome!"
+
+
+async def test_a_lost_session_that_stays_lost_is_reported_and_the_next_turn_works(
+    rig_factory: Make,
+) -> None:
+    rig = await rig_factory()
+    session, tts = rig.session, rig.workers[0]
+    tts.restart()
+    real_start = tts.start_session
+
+    async def start_and_forget(*args: object, **kw: str) -> object:
+        resp = await real_start(*args, **kw)  # type: ignore[arg-type]
+        tts.live.clear()  # the new session is gone again before it is used
+        return resp
+
+    tts.start_session = start_and_forget  # type: ignore[method-assign,assignment]
+    session.on_text("hello")
+    await rig.until(lambda: len(rig.events("turn")) == 1)
+    await rig.settle()
+    assert [e["code"] for e in rig.events("error")] == ["not_found"]  # tried twice, then said
+    assert not rig.events("worker")  # a new session on the same worker: nothing moved
+    tts.start_session = real_start  # type: ignore[method-assign]
+    session.on_text("hello again")
+    await rig.until(lambda: len(rig.events("turn")) == 2)
+    assert str(rig.events("turn")[1]["reply_text"]).startswith("Hello!")
+
+
+async def test_pushed_reply_survives_a_worker_restart_word_for_word(rig_factory: Make) -> None:
+    rig = await rig_factory(push=True, frames_per_unit=1)
+    session, tts = rig.session, rig.workers[0]
+    tts.restart()
+    words = [f"word{i} " for i in range(12)]
+    for w in words:
+        session.on_llm(w, False)
+    session.on_llm("", True)
+    await rig.until(lambda: len(rig.events("turn")) == 1)
+    await rig.settle()
+    assert rig.events("turn")[0]["reply_text"] == " ".join(w.strip() for w in words)
+    assert not rig.events("error")
+
+
+async def test_keepalive_keeps_the_worker_session_and_restores_a_lost_one(
+    rig_factory: Make,
+) -> None:
+    rig = await rig_factory(keepalive_s=0.02)
+    tts = rig.workers[0]
+    sid = tts.sessions[0]
+    await rig.until(lambda: len(tts.sessions) >= 3)  # re-attached, same id: the worker's touch
+    assert set(tts.sessions) == {sid}
+    tts.restart()
+    await rig.until(lambda: sid in tts.live)  # a restarted worker gets it back before a turn
+    rig.session.on_text("hello")
+    await rig.until(lambda: bool(rig.events("turn")))
+    assert not rig.events("error") and tts.streams and len(tts.streams) == 1  # no retry needed
+
+
+# -- push mode: bounded, lossless (reliability issue, item 5) ----------------------------------
+
+
+async def test_pushed_replies_in_a_burst_are_all_spoken(rig_factory: Make) -> None:
+    rig = await rig_factory(push=True, frames_per_unit=5)
+    sent: list[list[str]] = []
+    for r in range(3):  # three replies, each pushed while the one before is still speaking
+        words = [f"r{r}w{i}" for i in range(10)]
+        sent.append(words)
+        for w in words:
+            rig.session.on_llm(w + " ", False)
+            await asyncio.sleep(0.003)
+        rig.session.on_llm("", True)
+    await rig.until(lambda: len(rig.events("turn")) >= 3)
+    await rig.settle()
+    assert [str(t["reply_text"]).split() for t in rig.events("turn")] == sent
+    assert not rig.events("error")
+
+
+async def test_a_2000_message_push_burst_is_spoken_in_full_in_order(rig_factory: Make) -> None:
+    rig = await rig_factory(push=True, frames_per_unit=1, frame_interval_s=0.0)
+    push = rig.session.responder
+    assert isinstance(push, PushResponder)
+    words = [f"w{i}" for i in range(2000)]  # ~12 000 characters: more than one utterance takes
+    for w in words:
+        rig.session.on_llm(w + " ", False)
+    rig.session.on_llm("", True)
+    await rig.until(lambda: not push.pending and rig.session._last_run is None, timeout_s=8)
+    await rig.settle()
+    heard = " ".join(str(t["reply_text"]) for t in rig.events("turn")).split()
+    assert heard == words
+    assert not rig.events("error")
+    assert all(len(t) <= 4000 for t in rig.workers[0].texts)
+
+
+async def test_push_beyond_the_bound_is_refused_with_an_error_not_dropped(
+    rig_factory: Make,
+) -> None:
+    rig = await rig_factory(push=True, frames_per_unit=1)
+    push = rig.session.responder
+    assert isinstance(push, PushResponder)
+    push.max_pending_chars = 4000
+    piece = "x" * 999 + " "
+    for _ in range(5):  # the first four fit (4000), the fifth does not
+        rig.session.on_llm(piece, False)
+    rig.session.on_llm("", True)  # nor the final, past the bound by one
+    await rig.settle()
+    errors = rig.events("error")
+    assert [e["code"] for e in errors] == ["resource_exhausted"] * 2
+    assert "push_max_pending_chars" in str(errors[0]["message"])
+    rig.session.on_llm("", True)  # room again once the speech has caught up
+    await rig.until(lambda: bool(rig.events("turn")))
+    assert len(str(rig.events("turn")[0]["reply_text"])) == 4 * 999 + 3
+
+
+async def test_barge_in_drops_the_rest_of_an_interrupted_pushed_reply(rig_factory: Make) -> None:
+    rig = await rig_factory(push=True, frames_per_unit=5, texts=("stop",))
+    for i in range(20):
+        rig.session.on_llm(f"old{i} ", False)
+    rig.session.on_llm("", True)
+    await rig.until(lambda: rig.session.state == State.SPEAKING)
+    rig.vad.speak(rig.now_ms, rig.now_ms + 300)
+    rig.feed_until(lambda: rig.session.state == State.BARGED_IN)
+    await rig.until(lambda: bool(rig.events("interrupted")))
+    rig.feed(500)
+    await rig.until(lambda: len(rig.events("turn")) == 1)
+    rig.session.on_llm("new reply", True)
+    await rig.until(lambda: len(rig.events("turn")) == 2)
+    assert rig.events("turn")[1]["reply_text"] == "new reply"

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from duplexctl.audio.status import StatusView
 from duplexctl.audio.streams import Microphone, Speaker
+from duplexctl.client.heard import HeardText
 from duplexctl.client.ws import VoiceClient
 from duplexctl.client.ws import _error_of as error_of_event  # the protocol's error mapping
 from duplexd.errors import DaemonUnavailable
@@ -58,6 +59,8 @@ class LiveTalk:
         self.mic = mic
         self.text_input = text_input
         self.events: list[dict[str, Any]] = []
+        # what the speaker played of each reply; with no speaker, what was printed
+        self.heard = HeardText(plays=speaker is not None)
         self._turn_done = asyncio.Event()
         self._t0 = time.perf_counter()
 
@@ -89,9 +92,10 @@ class LiveTalk:
     async def _receive(self) -> None:
         async for item in self.client.messages():
             if item.audio is not None:
+                _, turn, flags, pcm = item.audio
+                clause = self.heard.frame(turn, flags)
                 if self.speaker is not None:
-                    _, _, flags, pcm = item.audio
-                    self.speaker.push(pcm, last=bool(flags & FLAG_LAST))
+                    self.speaker.push(pcm, last=bool(flags & FLAG_LAST), clause=clause)
             elif item.event is not None:
                 self._on_event(item.event)
         raise DaemonUnavailable("the orchestrator closed the connection")
@@ -100,6 +104,12 @@ class LiveTalk:
         kind = ev.get("type")
         if kind == "flush" and self.speaker is not None:
             self.speaker.flush()  # first: barge-in silence must not wait for the printing
+        self.heard.on_event(ev)
+        if kind == "turn":  # what the speaker played of the reply, cut where it was cut
+            ev = {
+                **ev,
+                "heard": self.heard.text(ev["turn"], interrupted=bool(ev.get("interrupted"))),
+            }
         self.events.append({**ev, "t_ms": round((time.perf_counter() - self._t0) * 1000, 1)})
         for line in self.view.on_event(ev):
             self.print(line)

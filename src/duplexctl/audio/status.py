@@ -77,8 +77,9 @@ class StatusView:
         if kind == "transcript" and ev.get("final"):
             self.partial = ""
             return [Text.assemble(("you  › ", "bold green"), str(ev.get("text", "")))]
-        if kind == "reply" and ev.get("final") and ev.get("text"):
-            return [Text.assemble(("bot  › ", "bold cyan"), str(ev["text"]))]
+        if kind == "turn" and (said := ev.get("heard", ev.get("reply_text"))):
+            # what was heard (the client's `heard`), not all the server sent
+            return [Text.assemble(("bot  › ", "bold cyan"), str(said))]
         if kind == "latency":
             label = f"turn {ev.get('turn', '?')}: "
             return [Text.assemble(("       ", ""), (label + latency_text(ev), "dim"))]

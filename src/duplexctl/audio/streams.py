@@ -29,6 +29,7 @@ import numpy as np
 
 from duplexctl.audio.aec import BLOCK_MS, EchoCanceller
 from duplexctl.audio.devices import Device, sounddevice
+from duplexctl.client.heard import Clause
 from duplexd.audio.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from duplexd.audio.framing import Repacketizer
 from duplexd.audio.jitter import JitterBuffer
@@ -58,9 +59,10 @@ class Speaker:
 
     # -- the asyncio side ----------------------------------------------------------------
 
-    def push(self, pcm: bytes, *, last: bool = False) -> None:
+    def push(self, pcm: bytes, *, last: bool = False, clause: Clause | None = None) -> None:
+        """Queue a frame; `clause` (the reply clause it speaks) counts it once it plays."""
         with self._lock:
-            self.jitter.push(pcm)
+            self.jitter.push(pcm, clause)
             # A reply's tail shorter than the playout target would wait for the next reply:
             # pad it with silence so it starts now.
             while last and not self.jitter.playing and self.jitter.depth_ms < self._target_ms:
@@ -112,6 +114,9 @@ class Speaker:
         with self._lock:
             while self._pending.size < n:
                 frame = np.frombuffer(self.jitter.pop(), dtype="<i2").astype(np.int16)
+                clause: Clause | None = self.jitter.last_tag
+                if clause is not None:
+                    clause.played += 1  # what the user heard of the reply (client.heard)
                 self._pending = np.concatenate([self._pending, frame])
             out, self._pending = self._pending[:n], self._pending[n:]
         return out

@@ -48,6 +48,7 @@ ORDER: tuple[str, ...] = (
     "e2e",
     "opus",
     "voices",
+    "plugins",
 )
 ALL = "all"
 

@@ -19,11 +19,11 @@ from types import ModuleType
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from duplexctl.bench import Row, Target
 from duplexctl.cli._common import table
+from duplexctl.cli.tables import Column, Listing
 
 __all__ = [
     "calibration",
@@ -296,7 +296,9 @@ def results_table(
     results: Mapping[str, Any],
     suites: Mapping[str, ModuleType],
     checks: Sequence[Mapping[str, Any]],
-) -> RenderableType:
+    *,
+    wide: bool = False,
+) -> Listing:
     """The summary: one block per suite, each figure beside its same-run reference and target."""
     by_key: dict[str, list[Mapping[str, Any]]] = {}
     for check in checks:
@@ -320,18 +322,17 @@ def results_table(
             shown_value = "—" if value is None else f"{value:g}"
             label = "; ".join(c["label"] for c in found)
             rows.append(["", key, shown_value, label, *_verdicts(found)])
-    return table(
-        "SUITE",
-        "METRIC",
-        "VALUE",
-        "REFERENCE (SAME RUN)",
-        "TARGET",
-        "RESULT",
-        rows=rows,
-        title="duplexctl bench",
-        no_wrap=("SUITE",),
-        ratios={"METRIC": 3, "VALUE": 3, "REFERENCE (SAME RUN)": 4},
-    )
+    columns = [
+        Column("SUITE"),
+        Column("METRIC", fold=True, ratio=3),
+        Column("VALUE", fold=True, ratio=3),
+        # on a narrow terminal the reference gives way (`-o wide` keeps it), so the metrics
+        # keep room for their model ids
+        Column("REFERENCE (SAME RUN)", fold=True, ratio=4, drop=1),
+        Column("TARGET"),
+        Column("RESULT"),
+    ]
+    return Listing(columns, rows, title="duplexctl bench", wide=wide)
 
 
 def _verdicts(checks: Sequence[Mapping[str, Any]]) -> tuple[str, Text]:
@@ -391,7 +392,7 @@ def compare_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[s
     ]
 
 
-def compare_table(old: Mapping[str, Any], new: Mapping[str, Any], title: str) -> Table:
+def compare_table(old: Mapping[str, Any], new: Mapping[str, Any], title: str) -> Listing:
     rows: list[list[str | Text]] = []
     for key, a, b in compare_rows(old, new):
         delta = b - a

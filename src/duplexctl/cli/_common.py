@@ -1,5 +1,7 @@
 """What every `duplexctl` command shares: the two consoles, error exits and tables.
 
+Tables are `duplexctl.cli.tables`' (fit a terminal, plain when piped, `-o wide|json`).
+
 Results go to stdout (`console`) so they can be piped; errors, hints and progress go to stderr
 (`err_console`). Cell text is never parsed as rich markup: details carry paths, URLs and
 ``duplex[ml]``-style strings whose square brackets rich would otherwise swallow.
@@ -11,11 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NoReturn
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from duplexctl.cli.tables import Cell, Column, Listing
 from duplexd.errors import DuplexError
 
 __all__ = ["Cell", "console", "err_console", "fail", "table"]
@@ -23,8 +24,6 @@ __all__ = ["Cell", "console", "err_console", "fail", "table"]
 # The console's file is looked up at print time, so CliRunner's captured streams work.
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-Cell = str | Text
 
 
 def fail(err: DuplexError | str, code: int | None = None) -> NoReturn:
@@ -47,23 +46,13 @@ def table(
     title: str | None = None,
     no_wrap: Sequence[str] = (),
     ratios: Mapping[str, int] | None = None,
-) -> Table:
-    """A plain, readable table: bold header, no row lines.
+) -> Listing:
+    """A table whose columns all stay (see `duplexctl.cli.tables` for priorities and `-o`).
 
-    `no_wrap` columns (ids, names) never fold, so they stay greppable. With `ratios`, the table
-    fills the terminal and the named columns share what the others leave in that proportion;
-    without it, rich shrinks the widest columns first.
+    `no_wrap` columns (ids, names) never fold, so they stay greppable; the others may wrap.
+    With `ratios`, the table fills the terminal and the named columns share what the others
+    leave in that proportion. Not on a terminal, it prints as plain aligned columns.
     """
     ratios = ratios or {}
-    out = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        header_style="bold",
-        title_justify="left",
-        expand=bool(ratios),
-    )
-    for name in columns:
-        out.add_column(name, no_wrap=name in no_wrap, overflow="fold", ratio=ratios.get(name))
-    for row in rows:
-        out.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
-    return out
+    spec = [Column(name, fold=name not in no_wrap, ratio=ratios.get(name)) for name in columns]
+    return Listing(spec, rows, title=title)

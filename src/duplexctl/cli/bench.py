@@ -6,7 +6,6 @@ engines) is imported inside the command; `duplexctl --help` stays instant.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 from datetime import datetime
@@ -17,6 +16,7 @@ import typer
 
 from duplexctl.bench import ALL, ORDER, PLANNED
 from duplexctl.cli._common import console, err_console, fail
+from duplexctl.cli.tables import Output, OutputOpt, emit, print_json
 from duplexd.errors import InvalidArgument
 
 __all__ = ["bench"]
@@ -63,6 +63,7 @@ def bench(
         Path | None,
         typer.Option("--from", help="Run nothing: show (and --compare) a saved report."),
     ] = None,
+    output: OutputOpt = Output.TABLE,
 ) -> None:
     """Benchmark first-audio latency, cadence, model loading, capacity and ASR.
 
@@ -115,10 +116,14 @@ def bench(
         path.write_text(json.dumps(report, indent=2) + "\n")
         err_console.print(f"wrote {path}", highlight=False)
 
-    console.print(rep.results_table(report, modules, report.get("targets", [])))
-    console.print(rep.summary_lines(report))
-    if old is not None:
-        console.print(rep.compare_table(old, report, f"compared with {compare}"))
+    if output is Output.JSON:  # the report itself (what --json writes to a file)
+        print_json(report)
+    else:
+        targets = report.get("targets", [])
+        emit(rep.results_table(report, modules, targets, wide=output is Output.WIDE))
+        console.print(rep.summary_lines(report))
+        if old is not None:
+            emit(rep.compare_table(old, report, f"compared with {compare}"))
     if report["suites"]["failed"]:
         raise typer.Exit(1)
     if not report["suites"]["ran"] and report["suites"]["skipped"]:
@@ -126,6 +131,8 @@ def bench(
 
 
 def _run(options: Any, run_bench: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    import asyncio
+
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

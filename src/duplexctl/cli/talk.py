@@ -7,11 +7,17 @@ Three ways in, one protocol:
   jitter buffer that a barge-in flushes at once;
 - typed lines (`--text`): each line of stdin is a user turn; the reply plays (or, with no
   output device, is only printed);
-- a WAV file (`--input q.wav`): the file is the microphone, in real time; `--output a.wav`
-  gets what the speaker would have played on the same timeline, `--events` every event.
+- a WAV file (`--input q.wav`): the file is the microphone, in real time; then it listens
+  until every reply has played out and `--tail` seconds passed quietly (at most `--max-wait`
+  seconds, and it says so when that cuts a reply short); `--output a.wav` gets what the
+  speaker would have played on the same timeline, `--events` every event.
 
-With no `--url` (or DUPLEX_ORCHESTRATOR) it talks to the stack on 127.0.0.1:8080, and starts a
-private embedded one for the length of the command when nothing answers there.
+The bot's lines are what the speaker played: a reply cut by a barge-in shows the words that
+played and `⟂` (the events file has it as `heard` in each `turn` record).
+
+With no `--url` (or DUPLEX_ORCHESTRATOR) it talks to the stack `duplexctl up` started (any
+ports), else to one on 127.0.0.1:8080, and starts a private embedded one for the length of the
+command when there is none. `--url` takes HOST:PORT or a daemon name (`duplexctl status`).
 """
 
 # numpy, sounddevice, aiohttp and livekit load inside the command: `--help` stays instant
@@ -88,7 +94,8 @@ def talk(
         typer.Option(
             "--url",
             envvar="DUPLEX_ORCHESTRATOR",
-            help="Orchestrator HOST:PORT [127.0.0.1:8080, else an embedded one is started].",
+            help="Orchestrator HOST:PORT or daemon name (default: the one `duplexctl up` "
+            "started, else 127.0.0.1:8080, else an embedded one is started).",
         ),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="TTS model id.")] = None,
@@ -122,8 +129,21 @@ def talk(
         bool, typer.Option("--stereo", help="File mode: write user left, bot right.")
     ] = False,
     tail: Annotated[
-        float, typer.Option("--tail", help="File mode: seconds to listen after the file ends.")
-    ] = 4.0,
+        float,
+        typer.Option(
+            "--tail",
+            help="File mode: seconds of quiet (nobody speaking, no reply due or playing) "
+            "that end it once the file is sent.",
+        ),
+    ] = 2.0,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            "--max-wait",
+            help="File mode: longest wait for the replies after the file ends (then it stops "
+            "and says so).",
+        ),
+    ] = 60.0,
     duration: Annotated[
         float, typer.Option("--duration", help="Stop after this many seconds (0: Ctrl-C).")
     ] = 0.0,
@@ -152,7 +172,10 @@ def talk(
         hello["aec"] = not headphones
         hello["codec"] = codec
         if input_ is not None and _is_wav(input_):
-            _file_mode(url, Path(input_), output, events, hello, stereo=stereo, tail_s=tail)
+            _file_mode(
+                url, Path(input_), output, events, hello,
+                stereo=stereo, tail_s=tail, max_wait_s=max_wait,
+            )  # fmt: skip
         else:
             if output is not None and _is_wav(output):
                 raise InvalidArgument("--output FILE.wav needs --input FILE.wav (file mode)")
@@ -245,7 +268,10 @@ def _run_until_stopped(coro: Coroutine[Any, Any, T]) -> T | None:
 
 
 def _announce_embedded() -> None:
-    err_console.print("nothing answers on 127.0.0.1:8080: starting the embedded default …")
+    err_console.print(
+        "no stack from `duplexctl up` and nothing on 127.0.0.1:8080: starting the embedded "
+        "default …"
+    )
 
 
 # -- file mode -----------------------------------------------------------------------------
@@ -260,6 +286,7 @@ def _file_mode(
     *,
     stereo: bool,
     tail_s: float,
+    max_wait_s: float,
 ) -> None:
     from duplexctl.audio.status import StatusView
     from duplexctl.audio.wavfile import read_wav, to_link_rate, write_wav
@@ -282,13 +309,20 @@ def _file_mode(
     with orchestrator_for(url, on_start=_announce_embedded) as addr:
         conv = _run_until_stopped(
             run_file_conversation(
-                addr, mic, hello=hello, tail_ms=round(tail_s * 1000), on_event=on_event
+                addr, mic, hello=hello, tail_ms=round(tail_s * 1000),
+                max_wait_ms=round(max_wait_s * 1000), on_event=on_event,
             )
-        )
+        )  # fmt: skip
     if conv is None:
         fail("interrupted: nothing written", code=130)
-    if view.reply:  # the reply outlived --tail: show what was said of it
-        console.print(Text.assemble(("bot  › ", "bold cyan"), view.reply, (" …", "dim")))
+    if conv.capped:
+        if view.reply:  # the reply outlived --max-wait: show what was sent of it so far
+            console.print(Text.assemble(("bot  › ", "bold cyan"), view.reply, (" …", "dim")))
+        err_console.print(
+            f"stopped {max_wait_s:g} s after the input ended (--max-wait) with a reply still "
+            "going or due: the output ends there",
+            style="yellow",
+        )
     if wav_out is not None:
         write_wav(wav_out, conv.speaker, conv.mic if stereo else None)
     if events is not None:

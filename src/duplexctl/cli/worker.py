@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,7 +87,9 @@ def join(
             )
         )
     extra = list(ctx.args)
-    name = name or f"tts-{socket.gethostname().split('.')[0]}-{port}"
+    from duplexd.config import fleet_worker_name  # what an unnamed fleet worker calls itself
+
+    name = name or fleet_worker_name(port)
     bind = host or ("0.0.0.0" if advertise else "127.0.0.1")  # noqa: S104  # reachable for --advertise
     with tempfile.TemporaryDirectory(prefix="duplex-join-") as tmp:
         ready = Path(tmp) / "worker.ready.json"

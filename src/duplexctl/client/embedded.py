@@ -1,9 +1,11 @@
 """The embedded default on demand: one worker and one orchestrator, started and stopped by us.
 
 `talk`, `demo` and `bench` want "the stack the user already runs, else a private one for the
-length of this command". `orchestrator_for(url)` is that rule: an explicit address is used as
-it is (an unreachable one is the user's error to see, not a cue to start something else); with
-none, the default address is probed and, if nothing answers, an `EmbeddedStack` is started.
+length of this command". `orchestrator_for(url)` is that rule: an explicit address (or the name
+of a daemon `duplexctl up` started) is used as it is (an unreachable one is the user's error to
+see, not a cue to start something else); with none, the orchestrator `duplexctl up` started is
+used, whatever its port; else the default address is probed and, if nothing answers, an
+`EmbeddedStack` is started.
 
 The stack is two child processes (`python -m duplexd worker|orchestrator --port 0`) that report
 their ports through ready files, so it never clashes with a stack already on the default ports.
@@ -39,6 +41,7 @@ __all__ = [
     "embedded_stack",
     "orchestrator_for",
     "probe",
+    "running_orchestrator",
 ]
 
 DEFAULT_ORCHESTRATOR = "127.0.0.1:8080"
@@ -239,18 +242,29 @@ def embedded_stack(workdir: Path | None = None, **kwargs: Any) -> EmbeddedStack:
     return EmbeddedStack(workdir, **kwargs)
 
 
+def running_orchestrator(url: str | None) -> str | None:
+    """The orchestrator already there for `url` (see the module docstring), or None when a
+    private stack is needed. An unknown daemon name raises InvalidArgument."""
+    from duplexctl.client.fleet import resolve_orchestrator
+
+    if url:
+        return resolve_orchestrator(url)
+    started = resolve_orchestrator(None)  # by `duplexctl up`, on any port
+    if started is not None:
+        return started
+    return DEFAULT_ORCHESTRATOR if probe(DEFAULT_ORCHESTRATOR) else None
+
+
 @contextlib.contextmanager
 def orchestrator_for(
     url: str | None, *, on_start: Any = None, workdir: Path | None = None
 ) -> Iterator[str]:
-    """The orchestrator to talk to: `url` as given; else the default if it answers; else an
-    embedded stack for the duration of the block (`on_start()` is called before it starts, so a
-    command can say why it pauses)."""
-    if url:
-        yield url
-        return
-    if probe(DEFAULT_ORCHESTRATOR):
-        yield DEFAULT_ORCHESTRATOR
+    """The orchestrator to talk to (`running_orchestrator`), else an embedded stack for the
+    duration of the block (`on_start()` is called before it starts, so a command can say why
+    it pauses)."""
+    addr = running_orchestrator(url)
+    if addr is not None:
+        yield addr
         return
     if on_start is not None:
         on_start()

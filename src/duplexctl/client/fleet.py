@@ -1,9 +1,14 @@
-"""Which workers a command talks to, and a connection that fails with a useful message.
+"""Which daemons a command talks to, and a connection that fails with a useful message.
 
-Resolution, most specific first: ``--worker HOST:PORT``; ``--worker NAME`` of a daemon in the
+Workers, most specific first: ``--worker HOST:PORT``; ``--worker NAME`` of a daemon in the
 state file `duplexctl up` keeps (or of a worker registered in Redis, when a registry is given);
 every worker in that state file (plus every registered one, when asked for); else the embedded
 default, ``127.0.0.1:7001``. The API key comes from ``DUPLEX_API_KEY``.
+
+The orchestrator (`talk`, `demo`): ``--url HOST:PORT`` (or a ``ws://`` URL) as given; ``--url
+NAME`` of an orchestrator in that state file; without one, the orchestrator `duplexctl up`
+started, whatever its port (`resolve_orchestrator`); the caller then tries the default address
+and, failing that, starts a private stack (`client.embedded.orchestrator_for`).
 
 The fleet registry is Redis: ``--redis URL`` or ``DUPLEX_REDIS_URL`` (see `redis_url`);
 `registered_workers` reads what the workers announced there.
@@ -16,8 +21,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from duplexctl.supervise.state import StateStore
+from duplexctl.supervise.state import DaemonRecord, StateStore
 from duplexd.errors import DaemonUnavailable, InvalidArgument
 
 if TYPE_CHECKING:
@@ -28,9 +34,11 @@ __all__ = [
     "WorkerTarget",
     "api_key",
     "connect",
+    "orchestrator_hint",
     "redis_url",
     "registered_workers",
     "registry_entries",
+    "resolve_orchestrator",
     "resolve_workers",
 ]
 
@@ -108,6 +116,64 @@ def resolve_workers(
         hint="give a daemon name from `duplexctl status` or an address HOST:PORT"
         + ("" if registered else "; workers of a fleet: add --redis URL (or DUPLEX_REDIS_URL)"),
     )
+
+
+def _running_orchestrators(store: StateStore | None) -> list[DaemonRecord]:
+    """The orchestrators `duplexctl up` started whose process still lives."""
+    state = (store or StateStore()).read()
+    if state is None:
+        return []
+    return [d for d in state.daemons if d.kind == "orchestrator" and d.addr and d.alive()]
+
+
+def resolve_orchestrator(
+    selector: str | None = None, store: StateStore | None = None
+) -> str | None:
+    """The orchestrator's HOST:PORT (or URL) for `selector` (see the module docstring).
+
+    An address is returned as given; a name must be an orchestrator of the state file (else
+    InvalidArgument naming the known ones); None picks the running one `duplexctl up` started,
+    or returns None when there is none."""
+    if selector is None:
+        running = _running_orchestrators(store)
+        return running[0].addr if running else None
+    if ":" in selector or "/" in selector:
+        return selector
+    state = (store or StateStore()).read()
+    daemons = state.daemons if state else []
+    found = next((d for d in daemons if d.name == selector), None)
+    if found is not None and found.kind == "orchestrator" and found.addr:
+        return found.addr
+    known = ", ".join(d.name for d in daemons if d.kind == "orchestrator")
+    if found is None:
+        what = f"unknown orchestrator {selector!r}"
+    else:
+        what = f"{selector!r} is a {found.kind}, not an orchestrator"
+    raise InvalidArgument(
+        f"{what}; known orchestrators: {known or 'none (nothing started with `duplexctl up`)'}",
+        hint="give a daemon name from `duplexctl status` or an address HOST:PORT",
+    )
+
+
+def orchestrator_hint(addr: str, store: StateStore | None = None) -> str:
+    """What to do about an orchestrator at `addr` that does not answer: never "start it" when
+    one runs."""
+    from duplexctl.client.embedded import probe
+
+    netloc = urlsplit(addr).netloc if "://" in addr else addr
+    if probe(netloc):
+        return f"{netloc} answers /healthz but not the WebSocket: check the URL (ws://HOST:PORT/ws)"
+    running = _running_orchestrators(store)
+    here = next((d for d in running if d.addr == netloc), None)
+    if here is not None:
+        return (
+            f"`duplexctl up` runs {here.name} there (pid {here.pid}, {here.state}) but it does "
+            f"not answer: `duplexctl status`, `duplexctl logs {here.name}`"
+        )
+    if running:
+        where = ", ".join(f"{d.name} at {d.addr}" for d in running)
+        return f"`duplexctl up` runs {where}: `--url {running[0].name}` (or no --url)"
+    return "start one: `duplexctl up` (`duplexctl status` shows what runs)"
 
 
 @asynccontextmanager

@@ -5,7 +5,9 @@
 the reply audio it receives, so callers always deal in PCM frames.
 `run_file_conversation` plays a WAV as the microphone in real time and records what the
 speaker would have played on the same timeline, through the same jitter buffer as `talk`,
-writing every event as a JSON line: for scripting, tests and bug reports.
+writing every event as a JSON line: for scripting, tests and bug reports. What the speaker
+played of each reply is tracked clause by clause (`client.heard`): the client's record of each
+`turn` event carries it as `heard`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import numpy as np
 
+from duplexctl.client.heard import Clause, HeardText
 from duplexd.audio.frames import FRAME_MS, frame_samples
 from duplexd.audio.jitter import JitterBuffer
 from duplexd.audio.resample import StreamResampler
@@ -86,8 +89,11 @@ class VoiceClient:
             self.ws = await self._http.ws_connect(self.url, heartbeat=20.0)
         except aiohttp.ClientError as exc:
             await self.aclose()
+            from duplexctl.client.fleet import orchestrator_hint
+
             raise DaemonUnavailable(
-                f"orchestrator at {self.url} unreachable: {exc}", hint="start it: `duplexctl up`"
+                f"orchestrator at {self.url} unreachable: {exc}",
+                hint=await asyncio.to_thread(orchestrator_hint, self.url),
             ) from None
         if self.codec == "opus":
             from duplexd.audio.opus import OpusDecoder, OpusEncoder
@@ -169,6 +175,7 @@ class Conversation:
     audio_log: list[tuple[float, int]] = field(default_factory=list)  # (t_ms, turn) per frame
     # (first frame sent, end of last frame sent) of each scripted utterance, in t_ms
     utterances: list[tuple[float, float | None]] = field(default_factory=list)
+    capped: bool = False  # `until_quiet` gave up: a reply was still going (or pending)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -180,7 +187,9 @@ class LiveConversation:
     The mic sends queued user speech (16 kHz int16), silence otherwise; the speaker plays
     through the same jitter buffer `talk` uses, flushed on `flush`. A script can `say()` and
     `wait_for()` events, so a scripted user can react to the bot (the demo barges in
-    two seconds into a story); a file conversation queues one file and waits it out.
+    two seconds into a story); a file conversation queues one file and waits it out
+    (`until_quiet`). `on_heard(t_ms, text)` gets each clause of a reply once it is over, as
+    it was heard (cut ones end with `heard.CUT`), at the time it started playing.
     """
 
     def __init__(
@@ -189,9 +198,12 @@ class LiveConversation:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         *,
         echo_db: float | None = None,
+        on_heard: Callable[[float, str], None] | None = None,
     ) -> None:
         self.client = client
         self.on_event = on_event
+        self.on_heard = on_heard
+        self.heard = HeardText()
         # a speakerphone: what the speaker plays leaks back into the mic at this gain
         self._echo_gain = None if echo_db is None else 10 ** (echo_db / 20)
         self._echo_resampler = StreamResampler(48_000, 16_000)
@@ -206,6 +218,11 @@ class LiveConversation:
         self._changed = asyncio.Event()
         self._drained = asyncio.Event()
         self._t0 = 0.0
+        # what `until_quiet` watches
+        self._last_activity = 0.0
+        self._server_state = "listening"
+        self._user_speaking = False  # the server's VAD: an onset without its offset yet
+        self._awaiting: int | None = None  # a final transcript's turn with no reply over yet
 
     @property
     def now_ms(self) -> float:
@@ -268,6 +285,30 @@ class LiveConversation:
     async def sleep_ms(self, ms: float) -> None:
         await asyncio.sleep(ms / 1000)
 
+    async def until_quiet(self, quiet_ms: float, max_ms: float) -> bool:
+        """Wait until the conversation has been quiet for `quiet_ms`: the queued speech sent,
+        nobody speaking (the server's VAD), no reply awaited (a final transcript without its
+        `turn`) or playing, no event. False when `max_ms` passed first."""
+        start = self._last_activity = self.now_ms
+        while True:
+            now = self.now_ms
+            if self._busy():
+                self._last_activity = now
+            if now - self._last_activity >= quiet_ms:
+                return True
+            if now - start >= max_ms:
+                return False
+            await asyncio.sleep(FRAME_MS / 1000)
+
+    def _busy(self) -> bool:
+        return (
+            bool(self._pending)
+            or self._jitter.depth_ms > 0
+            or self._server_state != "listening"
+            or self._user_speaking
+            or self._awaiting is not None
+        )
+
     async def _tick(self) -> None:
         i = 0
         silence = np.zeros(self._step, np.int16)
@@ -277,6 +318,9 @@ class LiveConversation:
             if not self._pending:
                 self._drained.set()
             played = self._jitter.pop()  # the speaker plays on the mic's clock
+            self._show(self.heard.played(self._jitter.last_tag, self.now_ms))
+            if self._jitter.depth_ms == 0:
+                self._show(self.heard.drained())
             frame = self._with_echo(frame, played)
             self._mic.append(frame)
             await self.client.send_audio(frame.tobytes())
@@ -307,21 +351,48 @@ class LiveConversation:
 
     async def _read(self) -> None:
         async for item in self.client.messages():
+            self._last_activity = self.now_ms
             if item.audio is not None:
+                _, turn, flags, pcm = item.audio
                 self.result.frames_received += 1
-                self.result.audio_log.append((self.now_ms, item.audio[1]))
-                self._jitter.push(item.audio[3])
+                self.result.audio_log.append((self.now_ms, turn))
+                self._jitter.push(pcm, self.heard.frame(turn, flags))
             elif item.event is not None:
                 if item.event["type"] == "flush":
                     self._jitter.flush()
                 self._record(item.event)
 
     def _record(self, ev: dict[str, Any]) -> None:
+        over = self.heard.on_event(ev)
         ev = {**ev, "t_ms": self.now_ms}
+        self._follow(ev)
+        if ev["type"] == "turn":  # what the speaker played of it
+            ev["heard"] = self.heard.text(ev["turn"], interrupted=bool(ev.get("interrupted")))
         self.result.events.append(ev)
         self._changed.set()
+        self._show(over)  # a clause cut by a flush is shown before the flush itself
         if self.on_event is not None:
             self.on_event(ev)
+
+    def _follow(self, ev: dict[str, Any]) -> None:
+        """The server's side of `_busy`: its state, its VAD, and the replies owed."""
+        kind = ev["type"]
+        if kind == "state":
+            self._server_state = str(ev.get("state", self._server_state))
+        elif kind == "vad":
+            self._user_speaking = ev.get("event") == "onset"
+        elif kind == "transcript" and ev.get("final"):
+            self._awaiting = int(ev.get("turn", 0))
+        elif self._awaiting is not None and _answers(ev, self._awaiting):
+            self._awaiting = None
+
+    def _show(self, clauses: list[Clause]) -> None:
+        if self.on_heard is None:
+            return
+        for clause in clauses:
+            if clause.played or clause.cut:  # a clause flushed before it played: not heard
+                t_ms = clause.first_played_ms if clause.first_played_ms is not None else self.now_ms
+                self.on_heard(t_ms, clause.shown())
 
     def _finish(self) -> Conversation:
         from duplexd.audio.resample import resample_once
@@ -340,17 +411,30 @@ async def run_file_conversation(
     *,
     hello: dict[str, Any] | None = None,
     tail_ms: int = 4000,
+    max_wait_ms: int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> Conversation:
-    """Play `mic_16k` (int16, 16 kHz) as the microphone in real time, then `tail_ms` more."""
+    """Play `mic_16k` (int16, 16 kHz) as the microphone in real time, then listen `tail_ms`
+    more; with `max_wait_ms`, until the conversation has been quiet for `tail_ms` (every reply
+    played out), at most `max_wait_ms` after the file ended (`Conversation.capped` then)."""
 
     async def script(conv: LiveConversation) -> None:
         conv.say(mic_16k)
         await conv.said()
-        await conv.sleep_ms(tail_ms)
+        if max_wait_ms is None:
+            await conv.sleep_ms(tail_ms)
+        elif not await conv.until_quiet(tail_ms, max_wait_ms):
+            conv.result.capped = True
 
     async with VoiceClient(url, hello or {}) as client:
         return await LiveConversation(client, on_event).run(script)
+
+
+def _answers(ev: dict[str, Any], turn: int) -> bool:
+    """`ev` settles the user turn `turn`: its reply ended; or the words went into a resumed
+    reply (a false interruption), or no reply will come (an error)."""
+    kind = ev["type"]
+    return (kind == "turn" and ev["turn"] >= turn) or kind in ("resume", "error")
 
 
 def write_events(path: Path, events: list[dict[str, Any]]) -> None:

@@ -1,10 +1,15 @@
-"""Print the demo conversation as it happens: who said what, and each barge-in."""
+"""Print the demo conversation as it happens: who said what, and each barge-in.
+
+The bot's lines are what the speaker played (`heard`, one per clause, once it is over, at the
+time it started playing): a clause cut by a barge-in shows the words that played and `⟂`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = ["EventPrinter"]
 
@@ -13,13 +18,15 @@ class EventPrinter:
     def __init__(self, console: Console) -> None:
         self.console = console
 
+    def heard(self, t_ms: float, text: str) -> None:
+        """A clause of a reply, as it was heard (`LiveConversation`'s `on_heard`)."""
+        self.console.print(f"[dim]{t_ms / 1000:6.2f}s[/]  [green]bot[/] › {escape(text)}")
+
     def __call__(self, ev: dict[str, Any]) -> None:
         t = f"[dim]{ev['t_ms'] / 1000:6.2f}s[/]"
         kind = ev["type"]
         if kind == "transcript" and ev["final"]:
-            self.console.print(f"{t}  [cyan]you[/] › {ev['text']}")
-        elif kind == "reply" and not ev["final"]:
-            self.console.print(f"{t}  [green]bot[/] › {ev['text']}")
+            self.console.print(f"{t}  [cyan]you[/] › {escape(ev['text'])}")
         elif kind == "latency":
             self.console.print(
                 f"{t}        [dim]first audio {ev['total_ms']:.0f} ms after you stopped[/]"

@@ -26,7 +26,7 @@ def summarize(conv: Conversation) -> dict[str, Any]:
     for ev in conv.of_type("turn"):
         n = ev["turn"]
         turns.append({
-            "turn": n, "user": finals.get(n, ""), "bot": ev["reply_text"],
+            "turn": n, "user": finals.get(n, ""), "bot": ev.get("heard", ev["reply_text"]),
             "interrupted": ev["interrupted"], **(latency.get(n) or ev["latency"]),
         })  # fmt: skip
     return {

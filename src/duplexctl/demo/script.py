@@ -16,6 +16,9 @@ from duplexd.devkit.speech import speech
 __all__ = ["USER_VOICE", "UserLine", "demo_script", "lines"]
 
 USER_VOICE = "en-us"  # espeak-ng: not the bot's voice (Piper joe), not one Whisper was tuned on
+# Lines Whisper tiny.en hears right in this voice. Not "Hello there!" alone: tiny.en reads
+# espeak's two words as "Hello, Naira." (the standard decode) or "The low air." (short form),
+# from the whole clip as from the stream.
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class UserLine:
 
 def lines() -> list[UserLine]:
     return [
-        UserLine("Hello there!"),
+        UserLine("Hello there, how are you?"),
         UserLine("Please tell me a story."),
         UserLine("Wait, what time is it?", barge_in_after_ms=2000),
         UserLine("Thank you, goodbye."),

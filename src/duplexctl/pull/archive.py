@@ -3,11 +3,16 @@
 The payload is assembled in the job's staging folder. Archives (``.tar[.gz|.bz2|.xz]``,
 ``.tgz``, ``.zip``) are checked member by member before anything is written: absolute paths,
 ``..`` escapes, links pointing outside the model folder, devices and pipes (and links in a
-zip) are refused. An archive holding one top-level folder contributes that folder's contents.
+zip), a file named like the folder itself (``.``), and hard links to anything but an earlier
+file of the archive are refused. Members that clash while being written (a file where a folder
+must go, the same path twice as file and folder) refuse the archive too; only the disk's own
+errors (full, read-only, permissions) stay OS errors. An archive holding one top-level folder
+contributes that folder's contents.
 """
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import re
 import shutil
@@ -111,11 +116,16 @@ def _escapes(path: str) -> bool:
     return posixpath.isabs(norm) or norm == ".." or norm.startswith("../")
 
 
-def _check_member(archive: str, name: str, link: str | None = None, *, hard: bool = False) -> None:
-    """Refuse absolute members, ``..`` escapes and links pointing outside the model folder."""
+def _check_member(
+    archive: str, name: str, link: str | None = None, *, hard: bool = False, folder: bool = False
+) -> None:
+    """Refuse absolute members, ``..`` escapes, links pointing outside the model folder and
+    anything but a folder named like the folder itself."""
     unix = name.replace("\\", "/")
     if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix):
         problem = f"member {name!r} has an absolute path"
+    elif not folder and posixpath.normpath(unix or ".") == ".":
+        problem = f"member {name!r} names the model folder itself"
     elif _escapes(unix):
         problem = f"member {name!r} would be written outside the model folder"
     elif link is not None and (link.startswith("/") or re.match(r"^[A-Za-z]:", link)):
@@ -136,6 +146,7 @@ def _extract_tar(archive: Path, name: str, dest: Path, report: Reporter) -> None
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
+            files: set[str] = set()  # earlier regular files: what a hard link may point to
             for m in members:
                 if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
                     raise BadArchive(
@@ -144,9 +155,21 @@ def _extract_tar(archive: Path, name: str, dest: Path, report: Reporter) -> None
                         hint="model archives hold files, folders and links only",
                     )
                 link = m.linkname if (m.issym() or m.islnk()) else None
-                _check_member(name, m.name, link, hard=m.islnk())
+                _check_member(name, m.name, link, hard=m.islnk(), folder=m.isdir())
+                if m.islnk() and _norm(m.linkname) not in files:
+                    raise BadArchive(
+                        f"{name} is broken: hard link {m.name!r} -> {m.linkname!r} does not "
+                        "point to an earlier file of the archive; nothing was installed",
+                        hint="the archive is broken or was tampered with: check where it comes "
+                        "from",
+                    )
+                if m.isfile():
+                    files.add(_norm(m.name))
             total = sum(m.size for m in members if m.isfile())
-            tar.extractall(dest, members=_counting(members, total, report), filter="data")
+            try:
+                tar.extractall(dest, members=_counting(members, total, report), filter="data")
+            except OSError as exc:
+                raise _clash(name, exc) from None
     except tarfile.FilterError as exc:  # the data filter's own check; ours runs first
         raise BadArchive(
             f"{name} is unsafe: {exc}; nothing was installed",
@@ -177,7 +200,7 @@ def _extract_zip(archive: Path, name: str, dest: Path, report: Reporter) -> None
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             for info in infos:
-                _check_member(name, info.filename)
+                _check_member(name, info.filename, folder=info.is_dir())
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise BadArchive(
                         f"{name}: member {info.filename!r} is a symbolic link; "
@@ -187,11 +210,37 @@ def _extract_zip(archive: Path, name: str, dest: Path, report: Reporter) -> None
             total, done = sum(i.file_size for i in infos), 0
             report("extract", 0, total)
             for info in infos:
-                zf.extract(info, dest)
+                try:
+                    zf.extract(info, dest)
+                except OSError as exc:
+                    raise _clash(name, exc) from None
                 done += info.file_size
                 report("extract", done, total)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise _unreadable(name, "zip", exc) from None
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath(path.replace("\\", "/"))
+
+
+# Errors a member's path causes (not the disk): a file where a folder must go and the like.
+_CLASHES = frozenset(
+    {errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
+)
+
+
+def _clash(name: str, exc: OSError) -> Exception:
+    """A member that cannot be written where the archive puts it refuses the archive; the
+    disk's own errors (full, read-only, permissions) stay what they are."""
+    if exc.errno not in _CLASHES:
+        return exc
+    return BadArchive(
+        f"{name} is broken: {exc.strerror or exc} ({Path(exc.filename or '').name or '?'}): "
+        "its members clash (a file where a folder must go, one path twice); nothing was "
+        "installed",
+        hint="the archive is broken or was tampered with: check where it comes from",
+    )
 
 
 def _unreadable(name: str, kind: str, exc: BaseException) -> BadArchive:

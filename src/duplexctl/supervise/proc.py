@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from duplexctl.supervise.health import Pinger
+from duplexctl.supervise.logs import marker_line
 from duplexctl.supervise.spec import DaemonSpec
 from duplexctl.supervise.state import DaemonRecord, process_created
 from duplexd.errors import DaemonUnavailable, DuplexError
@@ -213,7 +213,6 @@ class SupervisedProc:
 
 
 def _marker(spec: DaemonSpec, restarts: int) -> bytes:
-    """A JSON line in the daemon's log where each run starts, so restarts are easy to find."""
-    event = "supervisor: starting" if restarts == 0 else f"supervisor: restart #{restarts}"
-    line = {"event": event, "daemon": spec.name, "timestamp": time.time(), "logger": "duplexctl"}
-    return (json.dumps(line) + "\n").encode()
+    """A JSON line in the daemon's log where each run starts, so restarts are easy to find
+    (and `duplexctl logs` and the dashboard know where the current run begins)."""
+    return marker_line(spec.name, restarts)

@@ -275,6 +275,7 @@ def _worker_view(addr: str, cap: pb.GetCapResp, models: pb.ListModelsResp) -> Wo
                 memory_bytes=int(mi.memory_bytes),
                 load_ms=mi.load_ms,
                 unavailable_reason=mi.unavailable_reason,
+                status=mi.status,
             )
             for mi in models.models
         ),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from duplexctl.supervise.logs import current_run_start
 from duplexctl.tui.views import STAGES, LogLine, TurnBar, WorkerView
 
 __all__ = ["LatencySeries", "LogTail", "TurnTracker", "prometheus_samples"]
@@ -99,7 +100,9 @@ class TurnTracker:
 
 
 class LogTail:
-    """Reads what each daemon log gained since the last poll (from near its end at first)."""
+    """Reads what each daemon log gained since the last poll. At first: from near its end, and
+    no further back than the current run's start (`duplexctl.supervise.logs`), so lines of
+    an earlier `duplexctl up` never show as if they were new."""
 
     def __init__(self) -> None:
         self._offsets: dict[Path, int] = {}
@@ -133,5 +136,8 @@ class LogTail:
             cut = data.find(b"\n") + 1
             data, offset = data[cut:], offset + cut
         complete = data.rfind(b"\n") + 1  # a half-written last line waits for the next poll
+        if path not in self._offsets:  # first sight: only the current run (earlier `up`s: no)
+            cut = current_run_start(data[:complete])
+            data, offset, complete = data[cut:], offset + cut, complete - cut
         self._offsets[path] = offset + complete
         return data[:complete].decode(errors="replace").splitlines()

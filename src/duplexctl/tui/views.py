@@ -47,6 +47,7 @@ class ModelView:
     memory_bytes: int = 0
     load_ms: float = 0.0
     unavailable_reason: str = ""
+    status: str = ""  # the worker's STATE word (duplexctl.modelstate); "" from older workers
 
     @property
     def resident(self) -> bool:

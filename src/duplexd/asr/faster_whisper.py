@@ -136,6 +136,8 @@ def _publish(tmp: Path, dest: Path, parts: Sequence[Path]) -> None:
 
 SHORT_FORM_MAX_S = 20.0  # utterances up to this long skip Whisper's padding to 30 s
 SHORT_FORM_PAD_S = 4.0  # silence after the speech: enough for the decoder to end cleanly
+NO_SPEECH_PROB = 0.6  # with a mean log-probability below NO_SPEECH_LOGPROB: not speech
+NO_SPEECH_LOGPROB = -1.0
 COMPRESSION_LIMIT = 2.4  # Whisper's own repetition detector: above it, decode the long way
 
 
@@ -241,9 +243,13 @@ class FasterWhisperASR(ASREngine):
         suppress = list(get_suppressed_tokens(tokenizer, (-1,)) or ())
         result = model.model.generate(
             encoded, [prompt], beam_size=self.beam_size, max_length=cap,
-            suppress_blank=True, suppress_tokens=suppress,
+            suppress_blank=True, suppress_tokens=suppress, return_scores=True,
+            return_no_speech_prob=True,
         )  # fmt: skip
-        ids = result[0].sequences_ids[0]
+        best = result[0]
+        if best.no_speech_prob > NO_SPEECH_PROB and best.scores[0] < NO_SPEECH_LOGPROB:
+            return ""  # a cough, a breath, "ah": Whisper's own no-speech rule, as faster-whisper
+        ids = best.sequences_ids[0]
         if ids[: len(prompt)] == prompt:  # some CTranslate2 versions return the prompt too
             ids = ids[len(prompt) :]
         text = _cut_loops(str(tokenizer.decode([t for t in ids if t < tokenizer.eot])))

@@ -4,12 +4,16 @@ Frames arrive in bursts (the worker leads real time by ~120 ms, the network jitt
 speaker consumes one frame every 20 ms. The buffer starts playing once `target_ms` is queued,
 conceals an underrun with a short fade instead of a click, then re-buffers. After an underrun
 the target grows by one frame (up to `max_ms`); after a long clean run it shrinks back.
+
+A frame may carry a tag (any object: the client tags each frame with the clause it speaks);
+`last_tag` is the tag of the frame the last `pop` played, None when it played silence.
 """
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +41,11 @@ class JitterBuffer:
         self.min_frames = target_ms // FRAME_MS
         self.max_frames = max_ms // FRAME_MS
         self.target_frames = self.min_frames
-        self._frames: collections.deque[bytes] = collections.deque()
+        self._frames: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._playing = False
         self._last = _SILENCE
         self._clean_run = 0
+        self.last_tag: Any = None
         self.stats = JitterStats()
 
     @property
@@ -51,10 +56,10 @@ class JitterBuffer:
     def playing(self) -> bool:
         return self._playing
 
-    def push(self, pcm: bytes) -> None:
+    def push(self, pcm: bytes, tag: Any = None) -> None:
         if len(pcm) != FRAME_BYTES:
             raise ValueError(f"frame must be {FRAME_BYTES} bytes")
-        self._frames.append(pcm)
+        self._frames.append((pcm, tag))
         # far more than the target queued (a burst after a stall): drop the oldest so latency
         # does not grow without bound
         while len(self._frames) > self.max_frames + 10:
@@ -72,10 +77,11 @@ class JitterBuffer:
 
     def pop(self) -> bytes:
         """The frame to play at this 20 ms tick (silence or concealment when there is none)."""
+        self.last_tag = None
         if not self._playing and len(self._frames) >= self.target_frames:
             self._playing = True
         if self._playing and self._frames:
-            frame = self._frames.popleft()
+            frame, self.last_tag = self._frames.popleft()
             self._last = frame
             self.stats.played += 1
             self._tick_clean()

@@ -11,7 +11,9 @@ session's own logic observable.
 - `FakeTranscriber`: hands out scripted texts, one per committed utterance; records `feed`,
   `begin_final`, `cancel`, `reset` and `commit` calls; can publish a partial.
 - `FakeTTS`: a worker client that streams 20 ms frames for the text it is sent, honours
-  PAUSE / RESUME / STOP at once and records them, and can be told to die (`die()`).
+  PAUSE / RESUME / STOP at once and records them, and can be told to die (`die()`) or to
+  restart (`restart()`: its sessions are gone, and calls for them answer NOT_FOUND as the real
+  worker's do); like the worker it refuses an utterance longer than `max_text_chars`.
 - `FakeEndOfTurn`: answers "complete" or "not done" from a script, recording the audio
   length it was shown each time.
 - `RecordingTransport`: keeps every event and audio message a session sends.
@@ -20,6 +22,7 @@ session's own logic observable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -31,7 +34,7 @@ import numpy as np
 from duplexd.asr import Transcript
 from duplexd.audio.frames import FRAME_MS
 from duplexd.audio.pcm import Int16Array
-from duplexd.errors import DaemonUnavailable, DuplexError
+from duplexd.errors import DaemonUnavailable, DuplexError, InvalidArgument, ModelNotFound
 from duplexd.orchestrator.endofturn import Decision
 from duplexd.rpc import tts_pb2 as pb
 from duplexd.vad import VADEvent
@@ -180,10 +183,19 @@ class _Stream:
 
     async def _produce(self) -> None:
         tts = self.tts
+        texts = self._texts()
         try:
-            units = 0
-            async for chunk in self._texts():
+            units, chars = 0, 0
+            async for chunk in texts:
+                if chunk.session_id not in tts.live:  # as the worker: read the first chunk,
+                    await _drain(texts)  # then the rest (to is_final, 0.5 s at most), then fail
+                    raise ModelNotFound(f"no session {chunk.session_id!r} on worker {tts.name}")
+                chars += len(chunk.text)
+                if chars > tts.max_text_chars:
+                    raise InvalidArgument(f"text too long: {chars} characters > max_text_chars "
+                                          f"{tts.max_text_chars}")  # fmt: skip
                 if chunk.text:
+                    tts.texts.append(chunk.text)
                     await self._speak(chunk.session_id, units, chunk.text)
                     units += 1
                 if chunk.is_final or tts.state == "stopped":
@@ -210,6 +222,16 @@ class _Stream:
             await asyncio.sleep(tts.frame_interval_s)
 
 
+async def _drain(texts: AsyncIterator[pb.TextChunk], limit_s: float = 0.5) -> None:
+    async def consume() -> None:
+        async for chunk in texts:
+            if chunk.is_final:
+                return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(consume(), limit_s)
+
+
 class FakeTTS:
     """A worker client (`TtsApi`) that speaks `frames_per_unit` frames per text piece."""
 
@@ -221,6 +243,7 @@ class FakeTTS:
         frames_per_unit: int = 50,
         frame_interval_s: float = 0.002,
         level: int = 8000,
+        max_text_chars: int = 4000,
     ) -> None:
         self.name, self.addr, self.model_id = name, f"fake://{name}", model_id
         self.frames_per_unit, self.frame_interval_s = frames_per_unit, frame_interval_s
@@ -228,8 +251,12 @@ class FakeTTS:
         self.seq = itertools.count()
         self.state = "idle"  # idle | paused | stopped
         self.controls: list[tuple[str, float]] = []  # (PAUSE|RESUME|STOP, perf_counter)
-        self.sessions: list[str] = []
+        self.sessions: list[str] = []  # every StartSession's id, re-attachments included
+        self.live: set[str] = set()  # the sessions this worker has now
         self.ended: list[str] = []
+        self.texts: list[str] = []  # every text piece it spoke
+        self.max_text_chars = max_text_chars
+        self.restarts = 0
         self.streams: list[_Stream] = []
         self.frames_sent = 0
         self.frames_after_pause = 0
@@ -240,9 +267,20 @@ class FakeTTS:
         """Every call from now on fails as if the process were gone."""
         self.dead = DaemonUnavailable(reason)
 
+    def restart(self) -> None:
+        """The worker process restarted (or ended every session as idle): its sessions are
+        gone; calls naming one answer NOT_FOUND, a StartSession makes a new one."""
+        self.live.clear()
+        self.restarts += 1
+
     def _check(self) -> None:
         if self.dead is not None:
             raise self.dead
+
+    def _check_session(self, session_id: str) -> None:
+        self._check()
+        if session_id not in self.live:
+            raise ModelNotFound(f"no session {session_id!r} on worker {self.name}")
 
     async def gate(self, stream: _Stream) -> None:
         self._check()
@@ -258,6 +296,7 @@ class FakeTTS:
     ) -> pb.StartSessionResp:
         self._check()
         self.sessions.append(session_id)
+        self.live.add(session_id)
         return pb.StartSessionResp(session_id=session_id, model_id=model_id or self.model_id,
                                    sample_rate=48_000, frame_ms=FRAME_MS,
                                    worker_name=self.name)  # fmt: skip
@@ -271,7 +310,7 @@ class FakeTTS:
     async def control(
         self, session_id: str, command: int, *, deadline_s: float | None = None
     ) -> pb.ControlResp:
-        self._check()
+        self._check_session(session_id)
         name = pb.Command.Name(command)  # type: ignore[arg-type]
         self.controls.append((name, time.perf_counter()))
         self.state = {"PAUSE": "paused", "RESUME": "idle", "STOP": "stopped"}[name]
@@ -283,6 +322,8 @@ class FakeTTS:
 
     async def end_session(self, session_id: str) -> pb.EndSessionResp:
         self.ended.append(session_id)
+        self._check_session(session_id)
+        self.live.discard(session_id)
         return pb.EndSessionResp(ok=True)
 
     async def load_model(self, model_id: str) -> pb.LoadModelResp:

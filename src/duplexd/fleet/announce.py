@@ -9,7 +9,10 @@ heartbeating and its entry expires.
 
 Redis is never on the serving path: if it goes away the worker keeps serving, logs it once and
 re-announces as soon as Redis answers again. Only a wrong password (or a bad URL) at start-up
-is fatal, because that never heals by itself.
+is fatal, because that never heals by itself. While it is away the worker is not registered,
+and says so: `connected` and `error` here, and `on_change` (awaited at every change, and once at
+start) lets the worker app report it (its gRPC health service ``duplex.fleet.v1.Registry`` and
+its ready file).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from duplexd.config import RedisConfig
@@ -124,6 +128,10 @@ async def preflight(url: str) -> None:
         await client.aclose()
 
 
+def _why(exc: BaseException | None) -> str:
+    return (str(exc) or type(exc).__name__) if exc is not None else "unknown"
+
+
 def _vram_gb(device: str) -> float | None:
     from duplexd.tts.memory import total_bytes
 
@@ -136,7 +144,14 @@ def _vram_gb(device: str) -> float | None:
 class Announcer:
     """Keeps one worker's registry entry alive while the worker serves."""
 
-    def __init__(self, worker: Worker, addr: str, config: RedisConfig) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        addr: str,
+        config: RedisConfig,
+        *,
+        on_change: Callable[[Announcer], Awaitable[None]] | None = None,
+    ) -> None:
         if not config.url:
             raise ConfigError("the announcer needs redis.url")
         self.worker = worker
@@ -144,7 +159,10 @@ class Announcer:
         self.config = config
         self.url = config.url
         self.key = worker_key(worker.name)
-        self.connected = False
+        self.connected = False  # registered: the entry was written on the last attempt
+        self.error: str | None = "not announced yet"  # why not, while not registered
+        self._on_change = on_change
+        self._reported: bool | None = None  # the state on_change last heard
         self._client: Redis | None = None
         self._events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -165,7 +183,7 @@ class Announcer:
             await self._claim_name()
             await self._announce()
             await self._publish({"type": "up"})
-            self.connected = True
+            await self._set_connected(True)
             log.info("registered in redis", redis=self.where, key=self.key, addr=self.addr,
                      heartbeat_ms=self.config.heartbeat_ms, ttl_ms=self.config.ttl_ms)  # fmt: skip
         except ConfigError:
@@ -180,6 +198,7 @@ class Announcer:
         except (RedisError, OSError) as exc:
             log.warning("redis unreachable; serving anyway and retrying", redis=self.where,
                         error=str(exc) or type(exc).__name__)  # fmt: skip
+            await self._set_connected(False, exc)
         self._unsubscribe = self.worker.manager.subscribe(self._on_model_event)
         self._task = asyncio.create_task(self._heartbeat(), name="fleet-announce")
 
@@ -205,6 +224,17 @@ class Announcer:
 
     # -- internals -------------------------------------------------------------------------
 
+    async def _set_connected(self, connected: bool, exc: BaseException | None = None) -> None:
+        self.connected = connected
+        self.error = None if connected else f"redis {self.where} unreachable: {_why(exc)}"
+        if self._on_change is None or self._reported is connected:
+            return
+        self._reported = connected
+        try:
+            await self._on_change(self)
+        except Exception:  # reporting must never stop the heartbeat
+            log.exception("registry state listener failed")
+
     def _on_model_event(self, event: str, model_id: str) -> None:
         """Model Manager callback (may come from any thread): hand it to the heartbeat task."""
         if self._loop is None:
@@ -222,7 +252,7 @@ class Announcer:
                 await self._announce()
                 if not self.connected:
                     await self._publish({"type": "up"})
-                    self.connected = True
+                    await self._set_connected(True)
                     log.info("redis reachable again; re-announced", redis=self.where)
                 while pending:
                     event, model_id = pending[0]
@@ -232,7 +262,7 @@ class Announcer:
                 if self.connected:
                     log.warning("redis unreachable; serving anyway and retrying",
                                 redis=self.where, error=str(exc) or type(exc).__name__)  # fmt: skip
-                self.connected = False
+                await self._set_connected(False, exc)
                 pending.clear()  # the entry written on reconnect carries the current state
             except Exception:
                 log.exception("announce failed")

@@ -4,11 +4,19 @@
 session there; a worker that refuses as unreachable is marked unhealthy and the next one is
 tried. A fallback model (the requested one was not resident) is upgraded at the start of a
 later turn once the requested model is resident somewhere. When a reply fails because its
-worker is gone, the worker is marked unhealthy and `rebind()` finds another for the next turn.
+worker is gone, the worker is marked unhealthy and `lost()` binds another; when it fails
+because the worker no longer has the session (it restarted, or ended the session as idle:
+NOT_FOUND), `lost()` starts a new one without blaming the worker.
+
+While bound, `keepalive()` re-attaches to the worker session every `sessions.
+worker_keepalive_s` (StartSession with the same id: the worker touches it, or creates it again
+after a restart), so the worker's `session_idle_timeout_s` never ends the session of a caller
+who is only quiet for a while.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -21,7 +29,7 @@ from duplexd.orchestrator.registry import Registry
 from duplexd.orchestrator.reply import TtsBinding
 from duplexd.orchestrator.routing import ModePolicy, choose
 
-__all__ = ["WorkerBinding"]
+__all__ = ["WorkerBinding", "session_gone"]
 
 log = get_logger("duplexd.orchestrator.binding")
 
@@ -68,13 +76,35 @@ class WorkerBinding:
         return await self.bind(self.hello.model), True
 
     async def lost(self, error: DuplexError) -> TtsBinding | None:
-        """A reply failed; if its worker is gone, mark it and bind elsewhere (None: kept)."""
-        if not isinstance(error, DaemonUnavailable) or self.current is None:
+        """A reply failed: if its worker is gone, mark it and bind elsewhere; if the worker
+        has lost the session (NOT_FOUND), start a new one (None: the binding is kept)."""
+        if self.current is None:
+            return None
+        if session_gone(error):
+            self.current = None
+            return await self.bind(self.hello.model)
+        if not isinstance(error, DaemonUnavailable):
             return None
         failed = self.current.worker
         self.registry.mark_unhealthy(failed, str(error))
         self.current = None
         return await self.bind(self.hello.model, exclude={failed})
+
+    async def keepalive(self, every_s: float) -> None:
+        """Until cancelled: re-attach to the worker session every `every_s` (see module doc)."""
+        while True:
+            await asyncio.sleep(every_s)
+            tts = self.current
+            if tts is None:
+                continue
+            try:
+                await tts.client.start_session(
+                    model_id=tts.model_id, voice=self.hello.voice or "",
+                    language=self.hello.language or "", session_id=tts.session_id,
+                )  # fmt: skip
+            except DuplexError as exc:  # the next reply finds out and re-binds
+                log.info("worker keepalive failed", session_id=self.session_id,
+                         worker=tts.worker, error=str(exc))  # fmt: skip
 
     async def release(self) -> None:
         if self.current is not None:
@@ -88,6 +118,12 @@ class WorkerBinding:
         if any(self.hello.model in w.resident for w in self.registry.healthy()):
             await self.release()
             await self.bind(self.hello.model)
+
+
+def session_gone(error: DuplexError) -> bool:
+    """The worker answered NOT_FOUND to a session's stream or control: it has no such session
+    (restarted, or ended it as idle); in a Synthesize call nothing else is looked up."""
+    return error.status == "NOT_FOUND"
 
 
 async def _preload(client: TtsApi, model_id: str) -> None:

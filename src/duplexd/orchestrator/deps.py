@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from duplexd.asr import ASREngine, StreamingTranscriber, Transcript
 from duplexd.audio.pcm import Int16Array
 from duplexd.config import OrchestratorConfig
-from duplexd.orchestrator.llm import Responder, create_responder
+from duplexd.orchestrator.llm import Responder, create_responder, resolve_llm
 from duplexd.orchestrator.protocol import Hello
 from duplexd.orchestrator.recorder import Recorder
 from duplexd.rpc import tts_pb2 as pb
@@ -37,6 +37,7 @@ __all__ = [
     "Transcriber",
     "TtsApi",
     "Vad",
+    "responders",
 ]
 
 Clock = Callable[[], float]
@@ -154,17 +155,6 @@ class SessionDeps:
             hangover_ms=cfg.vad.hangover_ms, aggressiveness=cfg.vad.aggressiveness,
         )  # fmt: skip
 
-        def responder(hello: Hello) -> Responder:
-            llm = hello.llm
-            return create_responder(
-                llm.kind if llm else cfg.llm.kind,
-                url=(llm.url if llm else None) or cfg.llm.url,
-                model=(llm.model if llm else None) or cfg.llm.model,
-                api_key=(llm.api_key if llm else None) or cfg.llm.api_key,
-                system_prompt=cfg.llm.system_prompt,
-                timeout_s=cfg.llm.timeout_s,
-            )
-
         record_dir: Path | None = cfg.sessions.record_dir
         return cls(
             config=cfg,
@@ -175,7 +165,23 @@ class SessionDeps:
             transcriber=lambda: StreamingTranscriber(
                 asr, partial_interval_ms=cfg.asr.partial_interval_ms
             ),
-            responder=responder,
+            responder=responders(cfg),
             recorder=(lambda sid, rate: Recorder(record_dir, sid, rate)) if record_dir else None,
             end_of_turn=end_of_turn,
         )
+
+
+def responders(config: OrchestratorConfig) -> Callable[[Hello], Responder]:
+    """The production responder factory: the hello's `llm` choice, checked against the
+    operator's allow-list (`resolve_llm`: raises `LlmNotAllowed` for anything else)."""
+    llm = config.llm
+
+    def responder(hello: Hello) -> Responder:
+        target = resolve_llm(hello.llm, llm)
+        return create_responder(
+            target.kind, url=target.url, model=target.model, api_key=target.api_key,
+            system_prompt=llm.system_prompt, timeout_s=llm.timeout_s,
+            push_max_pending_chars=llm.push_max_pending_chars,
+        )  # fmt: skip
+
+    return responder

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 
-from duplexd.errors import AuthError, BusyError, DaemonUnavailable, DuplexError, InvalidArgument
+from duplexd.errors import BusyError, DaemonUnavailable, DuplexError, InvalidArgument
 from duplexd.orchestrator.protocol import (
     EndMsg,
     Hello,
     LlmMsg,
     PingMsg,
     TextMsg,
+    error_code,
     parse_client_json,
 )
 from duplexd.orchestrator.session import Session, SessionDeps
@@ -66,7 +67,9 @@ class Dispatcher:
     def error(
         self, outbox: Outbox, exc: DuplexError, *, fatal: bool = False, code: str | None = None
     ) -> None:
-        """An `error` event for the client (counted by code)."""
-        code = code or ("unauthenticated" if isinstance(exc, AuthError) else exc.status.lower())
+        """An `error` event for the client (counted by code); a fatal one is the session's
+        last word and is queued even for a client that fell too far behind."""
+        code = code or error_code(exc)
         self.deps.telemetry.c_errors.labels(code).inc()
-        outbox.event({"type": "error", "code": code, "message": str(exc), "fatal": fatal})
+        event = {"type": "error", "code": code, "message": str(exc), "fatal": fatal}
+        outbox.event(event, force=fatal)

@@ -145,7 +145,9 @@ class Listener:
         self._turn_audio.clear()
         self._turn_samples = 0
         back = (max(self.stream_ms - speech_start_ms, FRAME_MS) + PREROLL_PAD_MS) // FRAME_MS + 1
-        for chunk in list(self._preroll)[-back:]:
+        # The pre-roll ends with the frame being fed now, which `feed` passes on right after
+        # (`_track_silence`): feeding it here too repeated 20 ms inside the first word.
+        for chunk in list(self._preroll)[-back:-1]:
             self.transcriber.feed(chunk)
             self._keep(chunk)
 

@@ -8,6 +8,7 @@ takes text (backpressure) and cancels it at a confirmed barge-in.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import json
 import re
@@ -17,15 +18,28 @@ from dataclasses import dataclass
 
 import httpx
 
-from duplexd.errors import AuthError, DaemonUnavailable, DuplexError
+from duplexd.config import LlmConfig
+from duplexd.errors import (
+    AuthError,
+    DaemonUnavailable,
+    DuplexError,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from duplexd.orchestrator.protocol import LlmChoice
 
 __all__ = [
+    "PUSH_UTTERANCE_CHARS",
     "BuiltinResponder",
+    "LlmNotAllowed",
+    "LlmTarget",
     "Message",
     "OpenAIResponder",
     "PushResponder",
     "Responder",
+    "TeeResponder",
     "create_responder",
+    "resolve_llm",
 ]
 
 
@@ -166,28 +180,204 @@ def _sse_content(line: str) -> str | None:
     return content if isinstance(content, str) and content else None
 
 
+PUSH_UTTERANCE_CHARS = 4000
+"""Push mode: one utterance (one Synthesize call) takes at most this much text, the worker's
+default `max_text_chars`; longer pushed text is spoken as several, split between messages."""
+
+
 class PushResponder(Responder):
-    """Stream-TTS mode: an external LLM host pushes the reply text into the session."""
+    """Stream-TTS mode: an external LLM host pushes the reply text into the session.
+
+    Bounded and lossless: up to `max_pending_chars` of text (each message counts at least one)
+    waits to be spoken; a message beyond that is refused with `ResourceExhausted`, nothing
+    accepted is ever dropped. One `respond()` stream ends at a `final` message, or before the
+    message that would take it past `PUSH_UTTERANCE_CHARS`: that message opens the next one.
+    """
 
     name = "push"
 
-    def __init__(self, maxsize: int = 256) -> None:
-        self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue(maxsize)
+    def __init__(self, max_pending_chars: int = 65_536) -> None:
+        self.max_pending_chars = max_pending_chars
+        self._queue: collections.deque[tuple[str, bool]] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._pending_chars = 0
 
     def push(self, text: str, final: bool) -> None:
-        self._queue.put_nowait((text, final))
+        if not text and not final:
+            return  # nothing to say
+        weight = max(1, len(text))
+        if self._pending_chars + weight > self.max_pending_chars:
+            raise ResourceExhausted(
+                f"push mode: {self._pending_chars} characters are still waiting to be spoken; "
+                f"this message ({len(text)}) would pass llm.push_max_pending_chars "
+                f"({self.max_pending_chars}): refused",
+                hint="send the rest as the speech catches up (watch the `reply` events)",
+            )
+        self._queue.append((text, final))
+        self._pending_chars += weight
+        self._arrived.set()
 
     @property
     def pending(self) -> bool:
-        return not self._queue.empty()
+        return bool(self._queue)
+
+    def drop_until_final(self) -> int:
+        """The reply being pushed was interrupted: drop its queued text, through its `final`
+        (all that is queued if its final has not come yet); returns how many messages."""
+        dropped = 0
+        while self._queue:
+            text, final = self._queue.popleft()
+            self._pending_chars -= max(1, len(text))
+            dropped += 1
+            if final:
+                break
+        return dropped
+
+    @property
+    def pending_chars(self) -> int:
+        return self._pending_chars
 
     async def respond(self, history: list[Message]) -> AsyncIterator[str]:
+        spoken = 0
         while True:
-            text, final = await self._queue.get()
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            text, final = self._queue[0]
+            if spoken and spoken + len(text) > PUSH_UTTERANCE_CHARS:
+                return  # this message starts the next utterance
+            self._queue.popleft()
+            self._pending_chars -= max(1, len(text))
             if text:
+                spoken += len(text)
                 yield text
             if final:
                 return
+
+
+class TeeResponder(Responder):
+    """One reply's text as it is read from `inner`, kept so that the reply can be sent again to
+    a new worker session (its worker lost the first one) without asking the LLM twice."""
+
+    def __init__(self, inner: Responder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.pieces: list[str] = []
+        self.finished = False  # the stream was read to its end
+
+    async def respond(self, history: list[Message]) -> AsyncIterator[str]:
+        async for piece in self.inner.respond(history):
+            self.pieces.append(piece)
+            yield piece
+        self.finished = True
+
+    def again(self) -> TeeResponder:
+        """The same reply from the start: what was read, then (push: what is still to come,
+        from the same stream; other responders: asked again if they were cut short)."""
+        if not self.finished and not isinstance(self.inner, PushResponder):
+            return TeeResponder(self.inner)  # a stateless responder: ask it again
+        return TeeResponder(_Replay(list(self.pieces), None if self.finished else self.inner))
+
+    async def aclose(self) -> None:
+        pass  # the session closes the responder it owns
+
+
+class _Replay(Responder):
+    """Pieces already read, then the rest of a push stream."""
+
+    def __init__(self, pieces: list[str], rest: Responder | None) -> None:
+        self.pieces, self.rest = pieces, rest
+        self.name = rest.name if rest is not None else "replay"
+
+    async def respond(self, history: list[Message]) -> AsyncIterator[str]:
+        for piece in self.pieces:
+            yield piece
+        if self.rest is not None:
+            async for piece in self.rest.respond(history):
+                yield piece
+
+
+class LlmNotAllowed(DuplexError):
+    """A hello asked for an LLM endpoint the operator has not configured."""
+
+    status = "PERMISSION_DENIED"
+    code = "llm_not_allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class LlmTarget:
+    """Who writes a session's replies: a kind and, for `openai`, an allowed endpoint."""
+
+    kind: str
+    url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+
+
+def resolve_llm(choice: LlmChoice | None, cfg: LlmConfig) -> LlmTarget:
+    """The hello's `llm` choice against the operator's allow-list (`llm.url`, `llm.endpoints`).
+
+    A client picks an endpoint by name, or by a url equal to an allowed one; any other url is
+    refused (`LlmNotAllowed`): the orchestrator never calls an address a client made up, and
+    the operator's keys only ever go to the url they were configured with. A client may bring
+    its own `api_key` for an allowed endpoint."""
+    if choice is None:
+        return LlmTarget(cfg.kind, cfg.url, cfg.model, cfg.api_key)
+    named = choice.endpoint is not None or choice.url is not None
+    kind = choice.kind or ("openai" if named else "builtin")
+    if kind != "openai":
+        if named or choice.model is not None or choice.api_key is not None:
+            raise InvalidArgument(
+                f"llm kind {kind!r} takes no endpoint, url, model or api_key",
+                hint='use kind "openai" to choose an LLM endpoint',
+            )
+        return LlmTarget(kind)
+    candidates = _allowed_for(choice, cfg)
+    if choice.model is not None:
+        candidates = [a for a in candidates if a[2] in (None, choice.model)]
+        if not candidates:
+            raise LlmNotAllowed(
+                f"model {choice.model!r} is not configured for that LLM endpoint",
+                hint="leave llm.model out to use the endpoint's model",
+            )
+    _, url, model, key = candidates[0]
+    return LlmTarget("openai", url, choice.model or model, choice.api_key or key)
+
+
+_Allowed = tuple[str | None, str, str | None, str | None]  # (name, url, model, key)
+
+
+def _allowed_for(choice: LlmChoice, cfg: LlmConfig) -> list[_Allowed]:
+    """The operator's endpoints (the default first) that the choice names; never empty."""
+    allowed: list[_Allowed] = [(None, cfg.url, cfg.model, cfg.api_key)] if cfg.url else []
+    allowed += [
+        (name, e.url, e.model, e.api_key.get_secret_value() if e.api_key else None)
+        for name, e in cfg.endpoints.items()
+    ]
+    names = ", ".join(cfg.endpoints) or "none are configured"
+    pick_one = f"name one of the operator's llm.endpoints ({names}) as llm.endpoint"
+    if choice.endpoint is not None:
+        candidates = [a for a in allowed if a[0] == choice.endpoint]
+        if not candidates:
+            raise LlmNotAllowed(f"no LLM endpoint {choice.endpoint!r} on this orchestrator",
+                                hint=pick_one)  # fmt: skip
+        if choice.url is not None and not _same_url(choice.url, candidates[0][1]):
+            raise LlmNotAllowed(f"llm.url is not the url of endpoint {choice.endpoint!r}")
+        return candidates
+    if choice.url is not None:
+        candidates = [a for a in allowed if _same_url(choice.url, a[1])]
+        if not candidates:
+            raise LlmNotAllowed(
+                "llm.url is not one of the LLM endpoints this orchestrator may call", hint=pick_one
+            )
+        return candidates
+    if not cfg.url:
+        raise LlmNotAllowed("no default LLM endpoint on this orchestrator", hint=pick_one)
+    return allowed[:1]
+
+
+def _same_url(a: str, b: str | None) -> bool:
+    return b is not None and a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
 def create_responder(
@@ -198,11 +388,12 @@ def create_responder(
     api_key: str | None = None,
     system_prompt: str = "",
     timeout_s: float = 30.0,
+    push_max_pending_chars: int = 65_536,
 ) -> Responder:
     if kind == "builtin":
         return BuiltinResponder()
     if kind == "push":
-        return PushResponder()
+        return PushResponder(push_max_pending_chars)
     if kind == "openai":
         if not url or not model:
             raise DuplexError(

@@ -12,16 +12,18 @@ closes the connection except a bad or missing hello.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from duplexd.audio.frames import FRAME_MS, SAMPLE_RATE, frame_bytes
-from duplexd.errors import InvalidArgument
+from duplexd.errors import AuthError, DuplexError, InvalidArgument
 
 __all__ = [
     "CODECS",
+    "ERROR_CODES",
     "FLAG_LAST",
     "HEADER",
     "INPUT_RATES",
@@ -33,6 +35,7 @@ __all__ = [
     "LlmMsg",
     "PingMsg",
     "TextMsg",
+    "error_code",
     "pack_audio",
     "parse_client_json",
     "unpack_audio",
@@ -50,20 +53,25 @@ class _Msg(BaseModel):
 
 
 class LlmChoice(_Msg):
-    kind: Literal["builtin", "openai", "push"] = "builtin"
-    url: str | None = None
-    model: str | None = None
-    api_key: str | None = None
+    """Who writes the replies. `openai` names one of the operator's LLM endpoints: `endpoint`
+    (a name in `llm.endpoints`) or a `url` equal to an allowed one; no kind with an endpoint or
+    url means openai, with neither builtin."""
+
+    kind: Literal["builtin", "openai", "push"] | None = None
+    endpoint: str | None = Field(None, max_length=200)
+    url: str | None = Field(None, max_length=2000)
+    model: str | None = Field(None, max_length=200)
+    api_key: str | None = Field(None, max_length=4000)
 
 
 class Hello(_Msg):
     type: Literal["hello"]
     version: int = PROTOCOL_VERSION
-    api_key: str | None = None
+    api_key: str | None = Field(None, max_length=4096)
     sample_rate: int = 16_000
-    model: str | None = None
-    voice: str | None = None
-    language: str | None = "en"
+    model: str | None = Field(None, max_length=200)
+    voice: str | None = Field(None, max_length=200)
+    language: str | None = Field("en", max_length=35)
     llm: LlmChoice | None = None
     aec: bool = Field(True, description="the client cancels its own echo")
     codec: Literal["pcm", "opus"] = Field("pcm", description="audio encoding, both directions")
@@ -89,7 +97,7 @@ class EndMsg(_Msg):
 
 class PingMsg(_Msg):
     type: Literal["ping"]
-    t: float | None = None
+    t: float | None = Field(None, allow_inf_nan=False)  # echoed: must stay valid JSON
 
 
 ClientMessage = Hello | TextMsg | LlmMsg | EndMsg | PingMsg
@@ -104,12 +112,21 @@ _TYPES: dict[str, type[_Msg]] = {
 
 def parse_client_json(raw: str) -> ClientMessage:
     """Parse one JSON message; every problem is an InvalidArgument naming what is wrong."""
+    if _too_deep(raw):
+        raise InvalidArgument(f"message is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"message is not JSON: {exc.msg}") from None
+    except RecursionError:  # `_too_deep` should have said so: belt and braces
+        raise InvalidArgument("message is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise InvalidArgument("message must be a JSON object with a string `type`")
+    if "\\u" in raw:  # an escaped lone surrogate is JSON but not text: no worker could say it
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument("a string has a lone surrogate (\\uD800-\\uDFFF)") from None
     cls = _TYPES.get(data["type"])
     if cls is None:
         raise InvalidArgument(
@@ -125,6 +142,28 @@ def parse_client_json(raw: str) -> ClientMessage:
     if isinstance(msg, Hello):
         _check_hello(msg)
     return msg  # type: ignore[return-value]  # cls is one of the ClientMessage members
+
+
+MAX_JSON_DEPTH = 32
+"""No client message needs more than a few levels; the parser's recursion must never be the
+judge (a few thousand `[` would end the connection without a word)."""
+
+_DEPTH_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep(raw: str) -> bool:
+    if raw.count("[") + raw.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for m in _DEPTH_RE.finditer(raw):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
 
 
 def _check_hello(hello: Hello) -> None:
@@ -144,6 +183,26 @@ def _check_hello(hello: Hello) -> None:
                 "codec opus is not available on this orchestrator (PyAV without libopus)",
                 hint='use codec "pcm"',
             )
+
+
+ERROR_CODES = frozenset({
+    "invalid_argument", "malformed_frame", "unauthenticated", "llm_not_allowed", "busy",
+    "unavailable", "idle_timeout", "slow_client", "not_push_mode", "resource_exhausted",
+    "not_found", "no_worker", "failed_precondition", "internal",
+})  # fmt: skip
+"""Every `code` an `error` event can carry; docs/protocol.md's error table lists exactly these."""
+
+
+def error_code(exc: DuplexError) -> str:
+    """The documented `code` for an error: its own `code`, else its status's (a status with no
+    entry in ERROR_CODES, e.g. one a worker passed through, reads `internal`)."""
+    own = getattr(exc, "code", None)
+    if isinstance(own, str):
+        return own
+    if isinstance(exc, AuthError):
+        return "unauthenticated"
+    code = exc.status.lower()
+    return code if code in ERROR_CODES else "internal"
 
 
 def pack_audio(seq: int, turn: int, pcm: bytes, *, last: bool = False) -> bytes:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from duplexd.config import WorkerEndpoint
+from duplexd.config import WorkerEndpoint, WorkerTlsConfig
 from duplexd.errors import DuplexError
 from duplexd.logging import get_logger
 from duplexd.orchestrator.deps import TtsApi
@@ -30,10 +30,22 @@ ClientFactory = Callable[[str], TtsApi]
 """addr -> a client of that worker (gRPC in production: `grpc_clients`)."""
 
 
-def grpc_clients(api_key: str | None) -> ClientFactory:
+def grpc_clients(api_key: str | None, tls: WorkerTlsConfig | None = None) -> ClientFactory:
+    """Clients of the workers, over TLS when `tls` (config `worker_tls`) is active: static and
+    Redis-announced workers alike, since both come from the pool's factory."""
     from duplexd.rpc.client import TTSClient
 
-    return lambda addr: TTSClient(addr, api_key=api_key, timeout_s=5)
+    if tls is None or not tls.active:
+        return lambda addr: TTSClient(addr, api_key=api_key, timeout_s=5)
+    from duplexd.auth import channel_credentials
+
+    credentials = channel_credentials(tls)  # files read once: a bad one fails the start
+    options: list[tuple[str, int | str]] = (
+        [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    )
+    return lambda addr: TTSClient(
+        addr, api_key=api_key, credentials=credentials, timeout_s=5, options=options
+    )
 
 
 log = get_logger("duplexd.orchestrator.registry")

@@ -3,6 +3,11 @@
 
 Routes only: the WebSocket transport is `ws.py`, WHIP signalling `whip.py` (calls in
 `webrtc.py`), and both hand client messages to the one `Dispatcher` (`dispatch.py`).
+
+With an API key (`auth.api_key`, DUPLEX_API_KEY) every route but the probes (`/healthz`,
+`/readyz`) and the web client's static page needs it (`Authorization: Bearer KEY` or
+`X-Api-Key`; 401 otherwise); `/ws` and `/whip` check it themselves (the hello may carry it).
+`/status` never shows what callers said unless `server.status_transcripts` is on.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from duplexd.orchestrator.ws import WsService
 from duplexd.rpc import tts_pb2 as pb
 
 if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+
     from duplexd.orchestrator.whip import WhipService
 
 __all__ = ["WEB_DIR", "OrchestratorServer"]
@@ -33,6 +40,10 @@ log = get_logger("duplexd.orchestrator.server")
 
 WEB_DIR = Path(__file__).parent / "web"
 _WEBRTC_EXTRA = "pip install 'duplex[webrtc]' (aiortc)"
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/", "/web"})
+"""Served without the API key: the probes, and the web client's page and scripts (static, no
+data; the page asks for the key and sends it with its requests)."""
+_OWN_AUTH = frozenset({"/ws", "/whip", "/whip/{id}"})  # in the hello, or WHIP's own 401
 
 
 class OrchestratorServer:
@@ -44,7 +55,7 @@ class OrchestratorServer:
         self._ws = WsService(self.dispatch)
         self._whip: WhipService | None = None
         self.webrtc_unavailable = self._webrtc_unavailable()
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._require_key])
         self.app.add_routes([
             web.get("/ws", self.ws_handler),
             web.get("/healthz", self.healthz),
@@ -62,6 +73,23 @@ class OrchestratorServer:
 
     # -- HTTP endpoints ------------------------------------------------------------------
 
+    @web.middleware
+    async def _require_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With an API key set: every route but the open ones needs it (see module doc)."""
+        resource = request.match_info.route.resource  # decided on the route, not the path
+        route = resource.canonical if resource is not None else None
+        if (self.deps.config.auth.api_key is None or route is None  # None: a 404 follows
+                or route in OPEN_ROUTES or route in _OWN_AUTH):  # fmt: skip
+            return await handler(request)
+        try:
+            check_key(self.deps.config.auth.api_key, key_from_metadata(request.headers.items()))
+        except AuthError as exc:
+            self.deps.telemetry.c_errors.labels("unauthenticated").inc()
+            raise web.HTTPUnauthorized(
+                text=f"{exc}\n", headers={"WWW-Authenticate": 'Bearer realm="duplex"'}
+            ) from None
+        return await handler(request)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "version": __version__, "uptime_s": self._uptime()})
 
@@ -76,10 +104,7 @@ class OrchestratorServer:
         return web.json_response({
             "version": __version__,
             "uptime_s": self._uptime(),
-            "sessions": [
-                {**s.summary(), "transport": self._transport_of(s.id)}
-                for s in self.sessions.values()
-            ],
+            "sessions": [self._session_status(s) for s in self.sessions.values()],
             "workers": [w.summary() for w in reg.workers.values()],
             "webrtc": {
                 "available": self.webrtc_unavailable is None,
@@ -100,6 +125,12 @@ class OrchestratorServer:
         body = generate_latest(self.deps.telemetry.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _session_status(self, session: Session) -> dict[str, Any]:
+        summary = {**session.summary(), "transport": self._transport_of(session.id)}
+        if not self.deps.config.server.status_transcripts:  # what callers say is private
+            summary.pop("transcript_tail", None)
+        return summary
+
     def _uptime(self) -> float:
         return round(time.time() - self.started, 1)
 
@@ -109,6 +140,7 @@ class OrchestratorServer:
     async def models(self, request: web.Request) -> web.Response:
         """The union of the workers' models, as their ListModels reports them (voices included)."""
         merged: dict[str, dict[str, Any]] = {}
+        rank = {"resident": 0, "loading": 1, "unloading": 2, "not loaded": 3}
         for worker in self.deps.registry.workers.values():
             for m in worker.models:
                 entry = merged.setdefault(m.id, {
@@ -129,6 +161,12 @@ class OrchestratorServer:
                     entry["available"] = True
                 elif m.unavailable_reason:
                     entry["unavailable_reason"] = m.unavailable_reason
+                # STATE in the worker's words (`duplexctl models list`, the dashboard): the
+                # most useful one across workers, resident first
+                word = (m.status or pb.ModelState.Name(m.state).lower().replace("_", " ")
+                        if worker.healthy else "worker down")  # fmt: skip
+                if rank.get(word, 4) < rank.get(entry.get("status", ""), 5):
+                    entry["status"] = word
         models = sorted(merged.values(), key=lambda e: (not e["default"], not e["resident"],
                                                         e["id"]))  # fmt: skip
         default = next((e["id"] for e in models if e["default"]), None)

@@ -27,11 +27,11 @@ from duplexd.audio.frames import FRAME_MS
 from duplexd.audio.pcm import dbfs
 from duplexd.errors import DuplexError
 from duplexd.logging import get_logger
-from duplexd.orchestrator.binding import WorkerBinding
+from duplexd.orchestrator.binding import WorkerBinding, session_gone
 from duplexd.orchestrator.deps import SessionDeps
 from duplexd.orchestrator.listening import Listener
-from duplexd.orchestrator.llm import Message, PushResponder, Responder
-from duplexd.orchestrator.protocol import Hello, event, pack_audio
+from duplexd.orchestrator.llm import Message, PushResponder, Responder, TeeResponder
+from duplexd.orchestrator.protocol import Hello, error_code, event, pack_audio
 from duplexd.orchestrator.reply import Reply, TtsBinding
 from duplexd.orchestrator.speech import Speech
 from duplexd.orchestrator.transport import Outbox
@@ -53,6 +53,7 @@ class Session:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.time()
         self.last_activity = time.monotonic()
+        self.responder: Responder = deps.responder(hello)  # first: it may refuse the hello
         self.transcriber = deps.transcriber()
         self.listener = Listener(
             cfg, hello.sample_rate, deps.vad(), self.transcriber, deps.clock,
@@ -71,7 +72,6 @@ class Session:
         self.binding = WorkerBinding(
             deps.registry, deps.policy.mode(cfg.routing.policy), hello, self.id, self._spawn
         )
-        self.responder: Responder = deps.responder(hello)
         self.recorder = deps.recorder(self.id, hello.sample_rate) if deps.recorder else None
         self.history: list[Message] = []
         self.turn = 0
@@ -91,6 +91,7 @@ class Session:
         self._spec_gen = 0  # bumped whenever a speculation in the making becomes stale
         self._discarded = 0  # speculative replies dropped in the current user turn
         self._partials_task: asyncio.Task[Any] | None = None
+        self._closing = False
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class Session:
     async def start(self) -> None:
         tts = await self.binding.bind(self.hello.model)
         self._partials_task = asyncio.create_task(self._forward_partials(), name="partials")
+        self._spawn(self.binding.keepalive(self.cfg.sessions.worker_keepalive_s))
         self.out.event(event(
             "ready", session_id=self.id, version=1, sample_rate=48_000, frame_ms=FRAME_MS,
             input_sample_rate=self.hello.sample_rate, model=tts.model_id,
@@ -120,6 +122,7 @@ class Session:
         log.info("session started", session_id=self.id, model=tts.model_id)
 
     async def aclose(self) -> None:
+        self._closing = True  # no new reply starts from here on
         self._drop_speculation(count=False)
         await self.speech.aclose()
         await self._tasks.cancel_all()
@@ -164,11 +167,25 @@ class Session:
             msg = "llm messages need `llm: {kind: push}` in the hello"
             self.out.event(event("error", code="not_push_mode", fatal=False, message=msg))
             return
-        self.responder.push(text, final)
-        if not self.speech.replying:
-            if not self._times.speech_end:
-                self._times = self._typed_times()
-            self._start_reply()
+        try:
+            self.responder.push(text, final)
+        except DuplexError as exc:  # too far ahead of the speech: refused, said so
+            self.out.event(event("error", code=error_code(exc), message=str(exc), fatal=False))
+            return
+        self._pump_push()
+
+    def _pump_push(self) -> None:
+        """Push mode: one reply at a time reads the pushed text; when text waits and no reply
+        is running (or about to), start one. A reply that ends re-checks (`_run_reply`), so
+        text pushed while one finishes is never left unread."""
+        if (self._closing or not isinstance(self.responder, PushResponder)
+                or not self.responder.pending):  # fmt: skip
+            return
+        if self._last_run is not None and not self._last_run.done():
+            return
+        if not self._times.speech_end:
+            self._times = self._typed_times()
+        self._start_reply()
 
     # -- the listener's reports ----------------------------------------------------------------
 
@@ -250,30 +267,53 @@ class Session:
     ) -> None:
         if not from_asr:
             self.out.event(event("transcript", final=True, text=text, turn=self.turn + 1))
-        self.history.append(Message("user", text))
+        question = Message("user", text)
+        self.history.append(question)
         if isinstance(self.responder, PushResponder):
             return  # the external host answers by pushing `llm` text
         if speculative is not None:  # its text and audio are (being) made: let it be heard
             self._spec, self._spec_gen = None, self._spec_gen + 1
             self._times.speculative = True
             self.deps.telemetry.c_spec.labels("used").inc()
-        self._start_reply(speculative)
+        self._start_reply(speculative, question)
 
-    def _start_reply(self, ready: Reply | None = None) -> None:
-        self._last_run = self._spawn(self._run_reply(self._last_run, ready))
+    def _start_reply(self, ready: Reply | None = None, question: Message | None = None) -> None:
+        self._last_run = self._spawn(self._run_reply(self._last_run, ready, question))
 
-    def _new_reply(self, turn: int, tts: TtsBinding, history: list[Message]) -> Reply:
+    def _history_through(self, question: Message | None) -> list[Message]:
+        """The conversation up to and including `question` (the user turn a reply answers):
+        a later question, typed before this reply began, is not what it answers."""
+        if question is not None:
+            for i, message in enumerate(self.history):
+                if message is question:
+                    return self.history[: i + 1]
+        return list(self.history)
+
+    def _new_reply(
+        self, turn: int, tts: TtsBinding, history: list[Message],
+        responder: TeeResponder | None = None,
+    ) -> Reply:  # fmt: skip
         return Reply(
-            turn=turn, tts=tts, responder=self.responder, history=history,
-            on_audio=self._send_audio, on_unit=self._on_unit,
+            turn=turn, tts=tts, responder=responder or TeeResponder(self.responder),
+            history=history, on_audio=self._send_audio, on_unit=self._on_unit,
             on_first_audio=self._on_first_audio, clock=self.clock,
         )  # fmt: skip
 
-    async def _run_reply(self, previous: asyncio.Task[Any] | None, ready: Reply | None) -> None:
+    async def _run_reply(
+        self, previous: asyncio.Task[Any] | None, ready: Reply | None, question: Message | None
+    ) -> None:
         if previous is not None and not previous.done():
             # An interrupted reply finishes first, so what it said is in the history (in its
             # place, before the words that interrupted it) when this reply reads it.
             await asyncio.wait({previous})
+        try:
+            await self._reply_once(ready, question)
+        finally:
+            if self._last_run is asyncio.current_task():
+                self._last_run = None
+        self._pump_push()  # push text that arrived while this reply was finishing
+
+    async def _reply_once(self, ready: Reply | None, question: Message | None) -> None:
         times = self._times
         if ready is not None:  # a speculative reply, started at the pause: release its audio
             self.turn += 1
@@ -290,12 +330,45 @@ class Session:
             if rebound:
                 self.out.event(event("worker", worker=tts.worker, model=tts.model_id))
             self.turn += 1
-            reply = self._new_reply(self.turn, tts, list(self.history))
+            reply = self._new_reply(self.turn, tts, self._history_through(question))
             self.speech.begin(reply)
         await reply.wait()
+        reply = await self._again_if_session_lost(reply)
+        self._drop_interrupted_push(reply)
         times.first_text = reply.times.first_text
         times.first_audio = reply.times.first_audio
         await self._finish_reply(reply, times)
+
+    async def _again_if_session_lost(self, reply: Reply) -> Reply:
+        """The worker no longer had the session (it restarted, or ended it as idle) and the
+        caller heard nothing yet: start a new worker session and say the same reply, once."""
+        error = reply.error
+        if (error is None or not session_gone(error) or reply.heard or reply.muted
+                or reply.times.first_audio is not None or self._closing):  # fmt: skip
+            return reply
+        try:
+            tts = await self.binding.lost(error)
+        except DuplexError:
+            return reply  # no worker will do: reported with the reply's error
+        if tts is None:
+            return reply
+        log.info("worker lost the session: re-bound, reply sent again", session_id=self.id,
+                 worker=tts.worker, error=str(error))  # fmt: skip
+        if (tts.worker, tts.model_id) != (reply.tts.worker, reply.tts.model_id):
+            self.out.event(event("worker", worker=tts.worker, model=tts.model_id))
+        assert isinstance(reply.responder, TeeResponder)
+        again = self._new_reply(reply.turn, tts, reply.history, reply.responder.again())
+        self.speech.begin(again)
+        await again.wait()
+        return again
+
+    def _drop_interrupted_push(self, reply: Reply) -> None:
+        """Push mode: a reply stopped by the user (barge-in, typed text) drops the text already
+        pushed for it, up to its `final`, rather than speaking it as the next reply."""
+        responder = reply.responder
+        if (reply.muted and isinstance(self.responder, PushResponder)
+                and isinstance(responder, TeeResponder) and not responder.finished):  # fmt: skip
+            self.responder.drop_until_final()
 
     async def _finish_reply(self, reply: Reply, times: TurnTimes) -> None:
         heard = " ".join(u.strip() for u in reply.heard if u.strip())
@@ -375,13 +448,16 @@ class Session:
         self._user_turn_text(text)
 
     async def _on_reply_error(self, error: DuplexError) -> None:
-        self.out.event(event("error", code=error.status.lower(), message=str(error), fatal=False))
+        self.out.event(event("error", code=error_code(error), message=str(error), fatal=False))
+        before = self.binding.current
         try:
             bound = await self.binding.lost(error)
         except DuplexError as exc:
             self.out.event(event("error", code="no_worker", message=str(exc), fatal=False))
         else:
-            if bound is not None:
+            moved = before is None or (bound is not None and (bound.worker, bound.model_id)
+                                       != (before.worker, before.model_id))  # fmt: skip
+            if bound is not None and moved:
                 self.out.event(event("worker", worker=bound.worker, model=bound.model_id))
         self.speech.listening()
 

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from duplexd.logging import get_logger
@@ -28,39 +29,80 @@ class Transport(Protocol):
 
 
 class Outbox:
-    """Ordered events and audio for one client, with a bound on queued audio.
+    """Ordered events and audio for one client, bounded both ways.
 
-    A client slower than real time would otherwise grow this without limit; beyond
-    `max_audio` frames the oldest audio is dropped (and counted) rather than the newest.
+    A client slower than real time would otherwise grow this without limit. Beyond
+    `max_audio` frames the oldest audio is dropped (and counted) rather than the newest. Beyond
+    `max_events` events the client is too far behind to be served: with `on_overflow`, all that
+    is queued is dropped, later items are refused and `on_overflow(reason)` is called once (the
+    WebSocket closes the session and tells the client why); without it, the oldest events go.
+    A `force`d event (a fatal error: the last word to the client) is always queued.
     """
 
-    def __init__(self, transport: Transport, *, max_audio: int = 100) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        max_audio: int = 100,
+        max_events: int = 1000,
+        on_overflow: Callable[[str], None] | None = None,
+    ) -> None:
         self.transport = transport
         self.max_audio = max_audio
+        self.max_events = max_events
+        self.on_overflow = on_overflow
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
         self._audio_count = 0
         self._ready = asyncio.Event()
         self._closed = False
-        self.dropped = 0
+        self.dropped = 0  # audio frames dropped for a slow client
+        self.dropped_events = 0
+        self.overflowed: str | None = None  # why the client was given up on
         self.frames_sent = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-writer")
 
-    def event(self, event: dict[str, Any]) -> None:
-        if not self._closed:
-            self._items.append((False, event))
-            self._ready.set()
+    @property
+    def queued_events(self) -> int:
+        return len(self._items) - self._audio_count
+
+    @property
+    def queued_audio(self) -> int:
+        return self._audio_count
+
+    def event(self, event: dict[str, Any], *, force: bool = False) -> None:
+        if self._closed and not force:
+            return
+        if self.overflowed is not None and not force:
+            self.dropped_events += 1
+            return
+        if not force and self.queued_events >= self.max_events:
+            if self.on_overflow is None:
+                self._drop_oldest_event()
+            else:
+                self._overflow()
+                return
+        self._items.append((False, event))
+        self._ready.set()
 
     def audio(self, message: bytes) -> None:
-        if self._closed:
+        if self._closed or self.overflowed is not None:
             return
         if self._audio_count >= self.max_audio:
             self._drop_oldest_audio()
         self._items.append((True, message))
         self._audio_count += 1
         self._ready.set()
+
+    def take_unsent(self) -> list[dict[str, Any]]:
+        """After `aclose`: the events the writer did not get to send (the client was not
+        reading), for a last attempt straight on the transport; they are no longer queued."""
+        events = [payload for is_audio, payload in self._items if not is_audio]
+        self._items.clear()
+        self._audio_count = 0
+        return events
 
     def flush_audio(self) -> int:
         """Drop every queued audio frame; returns how many."""
@@ -76,6 +118,26 @@ class Outbox:
                 self._audio_count -= 1
                 self.dropped += 1
                 return
+
+    def _drop_oldest_event(self) -> None:
+        for i, (is_audio, _) in enumerate(self._items):
+            if not is_audio:
+                del self._items[i]
+                self.dropped_events += 1
+                return
+
+    def _overflow(self) -> None:
+        events, audio = self.queued_events, self._audio_count
+        self.overflowed = (
+            f"client not reading: {events} events and {audio} audio frames waiting to be sent"
+        )
+        self.dropped_events += events + 1
+        self.dropped += audio
+        self._items.clear()
+        self._audio_count = 0
+        log.warning("client too slow: send queue dropped", reason=self.overflowed)
+        assert self.on_overflow is not None
+        self.on_overflow(self.overflowed)
 
     async def _run(self) -> None:
         while True:

@@ -5,12 +5,19 @@ messages, which go to the shared `Dispatcher`. Out: the Outbox's JSON events and
 (8-byte header + PCM or one Opus packet). `WsService` owns the live connections so that a
 shutdown can tell each one it is going away: a fatal `unavailable` error event, then a close
 frame with code 1001 and the reason.
+
+Every way a connection ends says why: a fatal error event before the close (a bad hello, the
+session limit, idle), or for a connection given up on, the error event and a close code with
+the reason: 1001 going away (shutdown), 1008 for a client too far behind to be served (its
+send queue passed `sessions.send_queue_events`: nothing more is queued for it, so its memory
+stays bounded), 1011 for an orchestrator bug. A client that does not answer a close frame is
+cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
@@ -34,6 +41,30 @@ HELLO_TIMEOUT_S = 10.0
 MAX_BAD_FRAMES_REPORTED = 5  # after this many, malformed frames are counted, not each reported
 _GOING_AWAY_DRAIN_S = 0.5  # going away: time for the queued events (and the error) to go out
 _GOING_AWAY_CLOSE_S = 1.0  # ...and for the client to answer the close frame
+_SLOW_DRAIN_S = 2.0  # a client too far behind: time for what is on its way, and the error
+_SLOW_CLOSE_S = 3.0  # ...and for its close handshake, then the connection is cut
+_CLOSE_S = 5.0  # any other close: a client that does not answer the close frame is cut off
+
+
+@dataclass(frozen=True)
+class _Goodbye:
+    """How a connection the orchestrator gives up on ends: error event, then close + reason."""
+
+    error: DuplexError
+    code: str  # the error event's
+    close_code: int
+    drain_s: float
+    close_s: float
+
+    @property
+    def reason(self) -> str:
+        return self.error.message
+
+
+def _going_away(reason: str) -> _Goodbye:
+    error = DaemonUnavailable(reason)
+    return _Goodbye(error, "unavailable", WSCloseCode.GOING_AWAY, _GOING_AWAY_DRAIN_S,
+                    _GOING_AWAY_CLOSE_S)  # fmt: skip
 
 
 class WsTransport:
@@ -96,10 +127,14 @@ class WsConnection:
         self.dispatch = dispatch
         self.ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1 << 20)
         self.transport = WsTransport(self.ws)
-        self.outbox = Outbox(self.transport)
+        sessions = dispatch.deps.config.sessions
+        self.outbox = Outbox(
+            self.transport, max_audio=sessions.send_queue_audio_frames,
+            max_events=sessions.send_queue_events, on_overflow=self._too_slow,
+        )  # fmt: skip
         self.session: Session | None = None
         self.done = asyncio.Event()
-        self._leaving: str | None = None  # go_away's reason
+        self._goodbye: _Goodbye | None = None  # the orchestrator is ending this connection
         self._talk: asyncio.Task[None] | None = None
         self._receiving = False  # the conversation waits in ws.receive()
 
@@ -110,32 +145,60 @@ class WsConnection:
             outbox.start()
             if self.dispatch.going_away is None:  # draining: refused before the hello
                 await self._converse_until_done()
+        except Exception as exc:  # a bug: still say so, and close with a reason
+            log.exception("websocket session failed")
+            self._end(_Goodbye(DuplexError(f"internal error: {type(exc).__name__}"),
+                               "internal", WSCloseCode.INTERNAL_ERROR, 0.5, 1.0))  # fmt: skip
         finally:
-            leaving = (self._leaving or self.dispatch.going_away) if ws.prepared else None
-            if leaving is not None:  # the goodbye goes out before the session winds down
-                outbox.flush_audio()  # no reply audio ahead of it
-                self.dispatch.error(outbox, DaemonUnavailable(leaving), fatal=True)
-                await outbox.aclose(drain_s=_GOING_AWAY_DRAIN_S)
-            if self.session is not None:
-                self.dispatch.sessions.pop(self.session.id, None)
-                await self.session.aclose()
-            await outbox.aclose()
-            if leaving is not None:  # 1001 + reason; a client that never answers is cut off
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_GOING_AWAY_CLOSE_S):
-                        await ws.close(code=WSCloseCode.GOING_AWAY, message=leaving.encode()[:123])
-            elif ws.prepared:
-                await ws.close()
-            self.done.set()
+            await self._wind_down()
         return ws
+
+    async def _wind_down(self) -> None:
+        ws, outbox = self.ws, self.outbox
+        bye = self._goodbye
+        if bye is None and self.dispatch.going_away is not None:
+            bye = _going_away(self.dispatch.going_away)
+        if not ws.prepared:
+            bye = None
+        if bye is not None:  # the goodbye goes out before the session winds down
+            outbox.flush_audio()  # no reply audio ahead of it
+            self.dispatch.error(outbox, bye.error, fatal=True, code=bye.code)
+            await outbox.aclose(drain_s=bye.drain_s)
+        if self.session is not None:
+            self.dispatch.sessions.pop(self.session.id, None)
+            await self.session.aclose()
+        await outbox.aclose()
+        if ws.prepared:  # a close frame (with the reason); a client that never answers is cut off
+            code = bye.close_code if bye is not None else WSCloseCode.OK
+            message = bye.reason.encode()[:123] if bye is not None else b""
+            try:
+                async with asyncio.timeout(bye.close_s if bye is not None else _CLOSE_S):
+                    for event in outbox.take_unsent():  # the goodbye, if the writer stalled
+                        await self.transport.send_event(event)
+                    await ws.close(code=code, message=message)
+            except TimeoutError:
+                transport = self.request.transport
+                if transport is not None:
+                    transport.abort()
+        self.done.set()
+
+    def _end(self, goodbye: _Goodbye) -> None:
+        """Stop the conversation with this goodbye (the first one given wins)."""
+        if self._goodbye is None:
+            self._goodbye = goodbye
+            if self._receiving and self._talk is not None:
+                self._talk.cancel()  # as a receive timeout would; otherwise see `_receive`
+
+    def _too_slow(self, reason: str) -> None:
+        """The Outbox gave up on a client that does not read (its queue was dropped)."""
+        self.dispatch.deps.telemetry.c_errors.labels("slow_client").inc()
+        self._end(_Goodbye(DuplexError(reason), "slow_client", WSCloseCode.POLICY_VIOLATION,
+                           _SLOW_DRAIN_S, _SLOW_CLOSE_S))  # fmt: skip
 
     async def go_away(self, reason: str) -> None:
         """Stop the conversation, tell the client why (error event, close 1001 + reason) and
         close the session; returns once all that is done."""
-        if self._leaving is None:
-            self._leaving = reason
-            if self._receiving and self._talk is not None:
-                self._talk.cancel()  # as a receive timeout would; otherwise see `_receive`
+        self._end(_going_away(reason))
         await self.done.wait()
 
     async def _converse_until_done(self) -> None:
@@ -164,7 +227,7 @@ class WsConnection:
 
     async def _receive(self, wait_s: float) -> WSMessage | None:
         """The next client message; None once the connection is going away."""
-        if self._leaving is not None:
+        if self._goodbye is not None:
             return None
         self._receiving = True
         try:
@@ -207,7 +270,11 @@ class WsConnection:
         except DuplexError as exc:
             dispatch.error(outbox, exc, fatal=True)
             return None
-        session = Session(dispatch.deps, hello, outbox)
+        try:
+            session = Session(dispatch.deps, hello, outbox)  # refuses a disallowed `llm`
+        except DuplexError as exc:
+            dispatch.error(outbox, exc, fatal=True)
+            return None
         try:
             await session.start()
         except DuplexError as exc:
@@ -233,19 +300,28 @@ class WsConnection:
                 return
             if msg is None:  # going away
                 return
-            if msg.type == WSMsgType.BINARY:
-                try:
-                    for pcm in audio_in.frames(msg.data):
-                        session.on_audio(pcm)
-                except InvalidArgument as exc:
-                    audio_in.bad_frames += 1
-                    if audio_in.bad_frames <= MAX_BAD_FRAMES_REPORTED:
-                        dispatch.error(outbox, exc, code="malformed_frame")
-            elif msg.type == WSMsgType.TEXT:
-                if not dispatch.on_json(msg.data, session, outbox):
+            try:
+                if msg.type == WSMsgType.BINARY:
+                    try:
+                        for pcm in audio_in.frames(msg.data):
+                            session.on_audio(pcm)
+                    except InvalidArgument as exc:
+                        audio_in.bad_frames += 1
+                        if audio_in.bad_frames <= MAX_BAD_FRAMES_REPORTED:
+                            dispatch.error(outbox, exc, code="malformed_frame")
+                elif msg.type == WSMsgType.TEXT:
+                    if not dispatch.on_json(msg.data, session, outbox):
+                        return
+                else:  # CLOSE, CLOSING, CLOSED, ERROR
                     return
-            else:  # CLOSE, CLOSING, CLOSED, ERROR
-                return
+            except DuplexError as exc:  # the session refused it: say so, keep serving
+                dispatch.error(outbox, exc)
+            except Exception as exc:  # a bug: say so, keep serving
+                log.exception("client message failed", session_id=session.id)
+                dispatch.error(outbox, DuplexError(f"internal error: {type(exc).__name__}"))
+            # a burst already buffered never suspends `receive()`: let the writer send what
+            # this message produced, so only a client that does not read fills its queue
+            await asyncio.sleep(0)
 
 
 class WsService:

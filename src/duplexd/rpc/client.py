@@ -17,7 +17,7 @@ from duplexd import errors
 from duplexd.rpc import tts_pb2 as pb
 from duplexd.rpc import tts_pb2_grpc as pb_grpc
 
-__all__ = ["SynthesisCall", "TTSClient", "error_from_rpc", "text_stream"]
+__all__ = ["HINT_KEY", "MESSAGE_KEY", "SynthesisCall", "TTSClient", "error_from_rpc", "text_stream"]
 
 _BY_STATUS: dict[grpc.StatusCode, type[errors.DuplexError]] = {
     grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
@@ -30,13 +30,23 @@ _BY_STATUS: dict[grpc.StatusCode, type[errors.DuplexError]] = {
 }
 
 
+# Trailing metadata of a worker's error: its message and its hint (UTF-8; `-bin` keys carry bytes)
+MESSAGE_KEY = "duplex-message-bin"
+HINT_KEY = "duplex-hint-bin"
+
+
 def error_from_rpc(exc: aio.AioRpcError, addr: str = "") -> errors.DuplexError:
     """Turn a gRPC failure into the DuplexError the worker meant (status kept in the type)."""
     cls = _BY_STATUS.get(exc.code(), errors.DuplexError)
     detail = exc.details() or exc.code().name
     if cls is errors.DaemonUnavailable:
         return cls(f"worker {addr} unavailable: {detail}", hint="is it running? `duplexctl status`")
-    err = cls(detail)
+    sent = {key: value for key, value in exc.trailing_metadata() or () if isinstance(value, bytes)}
+    if MESSAGE_KEY in sent:  # a duplex worker: message and hint apart, as raised
+        hint = sent.get(HINT_KEY)
+        err = cls(sent[MESSAGE_KEY].decode(errors="replace"), hint=hint.decode() if hint else None)
+    else:
+        err = cls(detail)
     err.status = exc.code().name
     return err
 
@@ -84,11 +94,19 @@ class TTSClient:
             raise error_from_rpc(exc, self.addr) from None
 
     async def start_session(
-        self, model_id: str = "", voice: str = "", language: str = "", session_id: str = ""
+        self,
+        model_id: str = "",
+        voice: str = "",
+        language: str = "",
+        session_id: str = "",
+        *,
+        unpaced: bool = False,
     ) -> pb.StartSessionResp:
+        """`unpaced`: frames as fast as the engine makes them (for a file), not real time."""
         req = pb.StartSessionReq(
-            model_id=model_id, voice=voice, language=language, session_id=session_id
-        )
+            model_id=model_id, voice=voice, language=language, session_id=session_id,
+            unpaced=unpaced,
+        )  # fmt: skip
         return cast(
             pb.StartSessionResp,
             await self._call(self.stub.StartSession, req, deadline_s=max(self.timeout_s, 120.0)),

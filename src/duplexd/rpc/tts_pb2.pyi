@@ -89,6 +89,7 @@ class StartSessionReq(_message.Message):
     VOICE_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    UNPACED_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """empty: the worker's default model"""
     voice: _builtins.str
@@ -97,6 +98,8 @@ class StartSessionReq(_message.Message):
     """BCP-47-ish ("en", "en-US"); empty: the model's first language"""
     session_id: _builtins.str
     """optional client-chosen id (the orchestrator passes its own)"""
+    unpaced: _builtins.bool
+    """frames as fast as the engine makes them (writing a file), not"""
     def __init__(
         self,
         *,
@@ -104,10 +107,11 @@ class StartSessionReq(_message.Message):
         voice: _builtins.str = ...,
         language: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        unpaced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "model_id", b"model_id", "session_id", b"session_id", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "model_id", b"model_id", "session_id", b"session_id", "unpaced", b"unpaced", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,6 +340,7 @@ class ModelInfo(_message.Message):
     VOICES_FIELD_NUMBER: _builtins.int
     DEFAULT_VOICE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     family: _builtins.str
     state: Global___ModelState.ValueType
@@ -360,6 +365,11 @@ class ModelInfo(_message.Message):
     """a LoRA voice: the model it is attached to"""
     default_voice: _builtins.str
     description: _builtins.str
+    status: _builtins.str
+    """STATE as a user reads it: "resident", "loading", "unloading", "not loaded", or why it cannot
+    load on this worker: "not pulled", "needs extra X", "needs F env", "base not pulled" (a LoRA
+    voice), "unavailable" (unavailable_reason says why). Empty from older workers.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -398,10 +408,11 @@ class ModelInfo(_message.Message):
         voices: _abc.Iterable[_builtins.str] | None = ...,
         default_voice: _builtins.str = ...,
         description: _builtins.str = ...,
+        status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "base_model", b"base_model", "default_voice", b"default_voice", "description", b"description", "device", b"device", "estimated_memory_bytes", b"estimated_memory_bytes", "family", b"family", "id", b"id", "is_default", b"is_default", "languages", b"languages", "last_used_unix", b"last_used_unix", "load_ms", b"load_ms", "loaded_unix", b"loaded_unix", "memory_bytes", b"memory_bytes", "native_sr", b"native_sr", "pinned", b"pinned", "refcount", b"refcount", "resident", b"resident", "state", b"state", "tags", b"tags", "ttl_remaining_ms", b"ttl_remaining_ms", "unavailable_reason", b"unavailable_reason", "voices", b"voices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "base_model", b"base_model", "default_voice", b"default_voice", "description", b"description", "device", b"device", "estimated_memory_bytes", b"estimated_memory_bytes", "family", b"family", "id", b"id", "is_default", b"is_default", "languages", b"languages", "last_used_unix", b"last_used_unix", "load_ms", b"load_ms", "loaded_unix", b"loaded_unix", "memory_bytes", b"memory_bytes", "native_sr", b"native_sr", "pinned", b"pinned", "refcount", b"refcount", "resident", b"resident", "state", b"state", "status", b"status", "tags", b"tags", "ttl_remaining_ms", b"ttl_remaining_ms", "unavailable_reason", b"unavailable_reason", "voices", b"voices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,7 +88,8 @@ class TTSServicer:
 
     def Synthesize(self, request_iterator, context):
         """One utterance: partial text in (as an LLM produces it), 20 ms frames out, paced to real
-        time plus a small lead. The first TextChunk must carry session_id.
+        time plus a small lead (unless the session is unpaced). The first TextChunk must carry
+        session_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,8 @@ class TTSStub:
     """Lease a model for a conversation; the model stays resident while the session lives."""
     Synthesize: _grpc.StreamStreamMultiCallable[_tts_pb2.TextChunk, _tts_pb2.AudioFrame]
     """One utterance: partial text in (as an LLM produces it), 20 ms frames out, paced to real
-    time plus a small lead. The first TextChunk must carry session_id.
+    time plus a small lead (unless the session is unpaced). The first TextChunk must carry
+    session_id.
     """
     Control: _grpc.UnaryUnaryMultiCallable[_tts_pb2.ControlReq, _tts_pb2.ControlResp]
     """PAUSE | RESUME | STOP | RELOAD."""
@@ -61,7 +62,8 @@ class TTSAsyncStub(TTSStub):
     """Lease a model for a conversation; the model stays resident while the session lives."""
     Synthesize: _aio.StreamStreamMultiCallable[_tts_pb2.TextChunk, _tts_pb2.AudioFrame]  # type: ignore[assignment]
     """One utterance: partial text in (as an LLM produces it), 20 ms frames out, paced to real
-    time plus a small lead. The first TextChunk must carry session_id.
+    time plus a small lead (unless the session is unpaced). The first TextChunk must carry
+    session_id.
     """
     Control: _aio.UnaryUnaryMultiCallable[_tts_pb2.ControlReq, _tts_pb2.ControlResp]  # type: ignore[assignment]
     """PAUSE | RESUME | STOP | RELOAD."""
@@ -88,7 +90,8 @@ class TTSServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tts_pb2.AudioFrame], _abc.AsyncIterator[_tts_pb2.AudioFrame]]:
         """One utterance: partial text in (as an LLM produces it), 20 ms frames out, paced to real
-        time plus a small lead. The first TextChunk must carry session_id.
+        time plus a small lead (unless the session is unpaced). The first TextChunk must carry
+        session_id.
         """
 
     @_abc_1.abstractmethod

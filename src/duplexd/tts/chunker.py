@@ -10,15 +10,27 @@ Piper yields one chunk per sentence and a long sentence takes ~0.5 s before its 
 - at a line break;
 - before the word that would take the unit past ``max_chars``.
 
-Cuts only ever fall between words, and a word is complete only once whitespace follows it, so
-numbers ("3.14", "1,000"), URLs and a trailing partial word are never split; the partial word
-waits for more text or `flush`. No cut after a small list of abbreviations ("Dr.", "e.g.") and
-initials ("J.", "U.S."): "Dr. Smith" stays one unit. Units are whitespace-normalised.
+No unit is ever longer than ``max_chars``: the engine's memory and time grow with the length of
+what it is handed (Piper took ~1 GB for one 4,000-character "word", and onnxruntime kept it), so
+text without whitespace cannot make a unit of any length.
+
+Cuts fall between words, and a word is complete only once whitespace follows it, so numbers
+("3.14", "1,000"), URLs and a trailing partial word are not split; the partial word waits for
+more text or `flush`. The one exception is a word longer than ``max_chars`` (no speakable word
+is: a URL, a hash, a run of letters, streamed by mistake or on purpose): it is cut into pieces of
+at most ``max_chars``, after punctuation inside it when there is some in the second half of a
+piece (``-``, ``/``, ``.`` …), never before a combining mark, and each piece ends its unit. A
+partial word is cut as soon as it is longer than ``max_chars``, so its pieces go out while the
+rest of it is still streaming in. No cut after a small list of abbreviations ("Dr.", "e.g.") and
+initials ("J.", "U.S."): "Dr. Smith" stays one unit. Units are whitespace-normalised, and
+control characters (NUL, BEL, ESC, C1 …) count as whitespace: no engine speaks them, and eSpeak
+refused a whole unit for one NUL ("embedded null byte").
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = ["TextChunker"]
 
@@ -36,6 +48,10 @@ _ABBREVIATIONS = frozenset(
 _INITIALS = re.compile(r"(?:[^\W\d_]\.)+")  # "J.", "U.S.", "e.g.", "i.e.", "a.m."
 _TOKENS = re.compile(rf"\s+|\S*?[{_CJK_MARKS}]+[{re.escape(_CLOSERS)}]*|\S+")
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # as str.splitlines sees them
+# C0/C1 control characters that are not whitespace already: read as a space.
+_CONTROLS = {c: " " for c in [*range(0x20), *range(0x7F, 0xA0)] if not chr(c).isspace()}
+# Where a word too long for a unit is best cut: after one of these (URLs, paths, compounds).
+_SOFT_BREAKS = frozenset("-‐/\\_.,;:!?&+=|)]}>…—–、，；：。！？")
 
 
 class TextChunker:
@@ -57,7 +73,7 @@ class TextChunker:
 
     def push(self, text: str) -> list[str]:
         """Add streamed text (it may end mid-word); returns the units now complete."""
-        tokens = _TOKENS.findall(self._partial + text)
+        tokens = _TOKENS.findall(self._partial + text.translate(_CONTROLS))
         self._partial = tokens.pop() if tokens and not tokens[-1][0].isspace() else ""
         for token in tokens:
             if token[0].isspace():
@@ -65,6 +81,7 @@ class TextChunker:
                     self._cut()
             else:
                 self._add_word(token)
+        self._partial = self._add_pieces(self._partial)  # a partial word too long for any unit
         if self._words and self._length + 1 + len(self._partial) > self.max_chars:
             self._cut()  # the partial word only grows: it will not fit in this unit
         return self._take()
@@ -81,12 +98,26 @@ class TextChunker:
     # -- internals ------------------------------------------------------------------------
 
     def _add_word(self, word: str) -> None:
+        word = self._add_pieces(word)
+        self._append(word)
+        if self._cuts_after(word):
+            self._cut()
+
+    def _add_pieces(self, word: str) -> str:
+        """Add the leading pieces of a word longer than `max_chars`, each ending its unit;
+        returns the rest (at most `max_chars`: the whole word when it fits)."""
+        while len(word) > self.max_chars:
+            cut = _split_point(word, self.max_chars)
+            self._append(word[:cut])
+            self._cut()
+            word = word[cut:]
+        return word
+
+    def _append(self, word: str) -> None:
         if self._words and self._length + 1 + len(word) > self.max_chars:
             self._cut()
         self._length += len(word) + (1 if self._words else 0)
         self._words.append(word)
-        if self._cuts_after(word):
-            self._cut()
 
     def _cuts_after(self, word: str) -> bool:
         core = word.rstrip(_CLOSERS)
@@ -110,6 +141,18 @@ class TextChunker:
     def _take(self) -> list[str]:
         out, self._out = self._out, []
         return out
+
+
+def _split_point(word: str, limit: int) -> int:
+    """Where to cut `word` (longer than `limit`): after the last soft break in the second half
+    of its first `limit` characters, else at `limit`; never before a combining mark."""
+    for end in range(limit, limit // 2, -1):
+        if word[end - 1] in _SOFT_BREAKS:
+            return end
+    end = limit
+    while end > 1 and unicodedata.combining(word[end]):
+        end -= 1
+    return end
 
 
 def _is_abbreviation(core: str) -> bool:

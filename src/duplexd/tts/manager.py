@@ -2,12 +2,16 @@
 
 Each synthesis holds a `Lease` (a refcount); at refcount 0 the model's idle clock starts and the
 evictor may unload it once idle past ``ttl_ms`` and resident past ``min_residency_ms``. Pinned
-and default models stay. A load first makes room: above ``resident_cap`` it evicts the least
-recently used idle model, and if the memory pre-check says the model will not fit it evicts idle
-models until it does, or refuses with RESOURCE_EXHAUSTED *before* touching the engine, so the
-worker never runs out of memory. At most ``max_parallel_loads`` loads run; beyond
-``max_pending_loads`` waiting ones the answer is "busy" rather than an unbounded queue.
-Concurrent requests for one model share one load.
+and default models stay. A load first checks what can be checked without loading (`check_fn`:
+weights pulled, engine and extra installed; see `duplexd.tts.readiness`) and refuses with that
+cause, so a load that cannot happen never evicts a warm model. Then it makes room: above
+``resident_cap`` it evicts the least recently used idle model, and if the memory pre-check says
+the model will not fit it evicts idle models until it does. Room is planned before anything is
+evicted: when evicting every model that may go would not be enough, the load is refused with
+RESOURCE_EXHAUSTED at once, *before* touching the engine or any resident model, so the worker
+never runs out of memory and never gives up a warm model for nothing. At most
+``max_parallel_loads`` loads run; beyond ``max_pending_loads`` waiting ones the answer is
+"busy" rather than an unbounded queue. Concurrent requests for one model share one load.
 
 LoRA voices are first-class entries with a `base_model`: loading one first makes its base
 resident (a load like any other), then only attaches the adapter (`attach_fn`, milliseconds).
@@ -43,10 +47,12 @@ from duplexd.logging import get_logger
 from duplexd.tts import memory
 from duplexd.tts.catalog import Catalog, ModelMeta
 from duplexd.tts.model_status import LoadOutcome, LoadResult, ModelHandle, ModelState, ModelStatus
+from duplexd.tts.readiness import Blocker, CheckFn, weights_blocker
 from duplexd.tts.residency import Entry, Residency
 
 __all__ = [
     "AttachFn",
+    "CheckFn",
     "DeviceFn",
     "Lease",
     "LoadFn",
@@ -131,6 +137,7 @@ class ModelManager:
         device: str = "cpu",
         device_of: DeviceFn | None = None,
         attach_fn: AttachFn | None = None,
+        check_fn: CheckFn = weights_blocker,
     ) -> None:
         self._config = config
         self._models = Residency(catalog, config, device=device, clock=clock, wall_clock=wall_clock)
@@ -140,6 +147,7 @@ class ModelManager:
         self._run_blocking = run_blocking
         self._device_of: DeviceFn = device_of or (lambda _meta: device)
         self._attach_fn: AttachFn = attach_fn or _no_lora
+        self._check_fn = check_fn
         self._load_slots = asyncio.Semaphore(config.max_parallel_loads)
         self._in_flight = 0  # load tasks running or waiting for a slot
         # loads and unloads; their awaiters get (and report) any error
@@ -203,9 +211,8 @@ class ModelManager:
                 self._set_pin(entry, True)
         if outcome is None:
             self._models.touch(entry)
-            return LoadResult(self._models.status(entry), True, 0.0, [])
-        status = self._models.status(entry)
-        return LoadResult(status, False, outcome.load_ms, list(outcome.evicted))
+            return LoadResult(self._status(entry), True, 0.0, [])
+        return LoadResult(self._status(entry), False, outcome.load_ms, list(outcome.evicted))
 
     async def unload(self, model_id: str, *, force: bool = False) -> int:
         """Unload a resident, unleased model; returns the bytes its handle reported."""
@@ -217,16 +224,31 @@ class ModelManager:
         entry = self._models.existing(model_id)
         self._models.check_pin(entry)
         self._set_pin(entry, pinned)
-        return self._models.status(entry)
+        return self._status(entry)
 
     # -- reading ---------------------------------------------------------------------------
 
     def status(self, model_id: str) -> ModelStatus:
-        return self._models.status(self._models.existing(model_id))
+        return self._status(self._models.existing(model_id))
 
     def list(self) -> builtins.list[ModelStatus]:  # `builtins.` below: this shadows list
         """Every catalog entry in catalog order, then dropped models that are still resident."""
-        return [self._models.status(entry) for entry in self._models.entries.values()]
+        return [self._status(entry) for entry in self._models.entries.values()]
+
+    def blocker(self, model_id: str) -> Blocker | None:
+        """Why `model_id` cannot load here now (weights, engine, its LoRA base), or None."""
+        return self._blocker(self._models.existing(model_id).meta)
+
+    def _blocker(self, meta: ModelMeta) -> Blocker | None:
+        blocker = self._check(meta)
+        base = meta.base_model
+        if blocker is None and base is not None and base in self._models.catalog:
+            entry = self._models.entries.get(base)
+            if entry is None or entry.state not in ("resident", "loading"):
+                found = self._check(self._models.catalog.get(base))
+                if found is not None:  # the voice waits for its base: say so, and why
+                    blocker = Blocker(f"base {found.word}", found.error)
+        return blocker
 
     def resident_ids(self) -> builtins.list[str]:
         return [e.model_id for e in self._models.entries.values() if e.state == "resident"]
@@ -258,6 +280,25 @@ class ModelManager:
         return self._events.subscribe(callback)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _status(self, entry: Entry) -> ModelStatus:
+        blocked = entry.state in ("not_loaded", "unavailable") and not entry.meta.unavailable
+        return self._models.status(entry, self._blocker(entry.meta) if blocked else None)
+
+    def _check(self, meta: ModelMeta) -> Blocker | None:
+        try:
+            return self._check_fn(meta)
+        except Exception:  # a broken check must not break a listing: the load will tell
+            log.exception("model check failed", model=meta.model_id)
+            return None
+
+    def _prepare(self, meta: ModelMeta) -> str:
+        """Blocking, before a load makes room: refuse what cannot load (the real cause, no
+        eviction), then resolve the device."""
+        blocker = self._check(meta)
+        if blocker is not None:
+            raise blocker.error
+        return self._device_of(meta)
 
     def _check_open(self) -> None:
         if self._closing:
@@ -306,15 +347,18 @@ class ModelManager:
         return entry.loading
 
     async def _load_task(self, entry: Entry) -> LoadOutcome:
+        prepared = False
         try:
-            entry.device = await self._run_blocking(functools.partial(self._device_of, entry.meta))
+            entry.device = await self._run_blocking(functools.partial(self._prepare, entry.meta))
+            prepared = True
             if entry.meta.is_lora:
                 return await self._attach_now(entry)  # no load slot: milliseconds, no new base
             async with self._load_slots:
                 entry.load_running = True
                 return await self._load_now(entry)
         except Exception as exc:
-            entry.mark_failed(exc)
+            # refused by the check: ListModels asks it again, so a pull shows at once
+            entry.mark_failed(exc, sticky=prepared)
             log.warning("model load failed", model=entry.model_id, error=str(exc))
             self._events.notify("load_failed", entry.model_id)
             raise
@@ -378,13 +422,19 @@ class ModelManager:
         return LoadOutcome(load_ms, tuple(evicted))
 
     async def _make_room(self, entry: Entry) -> builtins.list[str]:
-        """Evict what the rules name, for the cap, then for memory (measured after each
-        unload); they refuse with RESOURCE_EXHAUSTED when nothing more may go."""
+        """Evict what the plan names (for the cap, then for memory), or refuse with
+        RESOURCE_EXHAUSTED before evicting anything when the plan cannot make room. Then
+        measure again: the loops evict more, or refuse, if the figures were off."""
         evicted: builtins.list[str] = []
+        device = self._models.device_for(entry)
+        for planned, reason in self._models.plan_room(entry, self._probe(device)):
+            # an earlier unload awaited: the victim may have been taken or evicted since
+            if self._models.policy.kept_because(planned) is None:
+                await self._unload(planned, "evicted", reason=reason)
+                evicted.append(planned.model_id)
         while (victim := self._models.cap_victim(entry)) is not None:
             await self._unload(victim, "evicted", reason="resident_cap")
             evicted.append(victim.model_id)
-        device = self._models.device_for(entry)
         while (victim := self._models.memory_victim(entry, self._probe(device))) is not None:
             await self._unload(victim, "evicted", reason="memory")
             evicted.append(victim.model_id)

@@ -35,6 +35,9 @@ class ModelStatus:
     model_id: str
     family: str
     state: ModelState
+    # STATE as a user reads it: resident, loading, unloading, not loaded, or why it cannot
+    # load here: not pulled, needs extra X, needs F env, unavailable (`duplexd.tts.readiness`)
+    status: str
     pinned: bool
     is_default: bool
     refcount: int

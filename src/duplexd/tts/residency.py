@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from duplexd.config import ModelManagerConfig
@@ -39,6 +40,7 @@ from duplexd.errors import (
 )
 from duplexd.tts.catalog import Catalog, ModelMeta
 from duplexd.tts.model_status import LoadOutcome, ModelHandle, ModelState, ModelStatus
+from duplexd.tts.readiness import NOT_LOADED, NOT_PULLED, UNAVAILABLE, Blocker
 
 _MIB = 2**20
 
@@ -91,9 +93,12 @@ class Entry:
         self.loaded_at = self.last_used = now
         self.loaded_unix = self.last_used_unix = wall
 
-    def mark_failed(self, exc: Exception) -> None:
-        """Missing weights stay unavailable (until a RELOAD); other failures may be retried."""
-        self.state = "unavailable" if isinstance(exc, WeightsMissing) else "not_loaded"
+    def mark_failed(self, exc: Exception, *, sticky: bool = True) -> None:
+        """Weights the load found missing stay unavailable (until a RELOAD or a load that
+        succeeds); other failures may be retried. Not `sticky`: the check before the load
+        refused it, and says so again (or not) in every listing."""
+        sticky = sticky and isinstance(exc, WeightsMissing)
+        self.state = "unavailable" if sticky else "not_loaded"
         self.error = str(exc)
 
     def forget_handle(self) -> None:
@@ -124,14 +129,15 @@ class Policy:
     ttl_s: float
     min_residency_s: float
 
-    def kept_because(self, e: Entry) -> str | None:
-        """Why `e` must stay whatever the clock says; None if it may go once idle long enough."""
+    def kept_because(self, e: Entry, gone: AbstractSet[str] = frozenset()) -> str | None:
+        """Why `e` must stay whatever the clock says; None if it may go once idle long enough.
+        `gone`: ids a plan has already chosen to evict (a base whose voices all go may go)."""
         if e.state != "resident":
             return e.state
         if e.users:
             return f"in use by {e.users} lease(s)"
-        if e.attached:
-            return "LoRA voices attached: " + ", ".join(sorted(e.attached))
+        if e.attached - gone:
+            return "LoRA voices attached: " + ", ".join(sorted(e.attached - gone))
         if e.dropped:
             return None  # removed from the catalog: pin and default no longer protect it
         return self._protected(e)
@@ -167,13 +173,20 @@ class Policy:
         return max(round(max(ttl_left, residency_left) * 1000), 0)
 
     def lru_victim(
-        self, entries: Iterable[Entry], now: float, *, honour_min_residency: bool
+        self,
+        entries: Iterable[Entry],
+        now: float,
+        *,
+        honour_min_residency: bool,
+        gone: AbstractSet[str] = frozenset(),
     ) -> Entry | None:
-        """The idle model to unload first: dropped ones, then least recently used."""
+        """The idle model to unload first: dropped ones, then least recently used (`gone`:
+        ids already chosen, skipped)."""
         candidates = [
             e
             for e in entries
-            if self.kept_because(e) is None
+            if e.model_id not in gone
+            and self.kept_because(e, gone) is None
             and (
                 not honour_min_residency
                 or e.dropped
@@ -291,46 +304,98 @@ class Residency:
     def cap_victim(self, entry: Entry) -> Entry | None:
         """The model to evict before `entry` may load under resident_cap (None: it fits).
         Honours min residency: a young model is kept. Refuses if nothing may go."""
-        cap, now = self.config.resident_cap, self._clock()
-        if occupancy(self.entries.values()) <= cap:
+        if occupancy(self.entries.values()) <= self.config.resident_cap:
             return None
+        now = self._clock()
         victim = self.policy.lru_victim(self.entries.values(), now, honour_min_residency=True)
         if victim is None:
-            kept = ", ".join(
-                f"{e.model_id} ({self.policy.why_kept(e, now)})"
-                for e in self.entries.values()
-                if e.state == "resident"
-            )
-            raise ResourceExhausted(
-                f"cannot load {entry.model_id}: resident_cap={cap} reached and no model can be "
-                f"evicted: {kept}",
-                hint="end sessions, unpin or unload a model, or raise resident_cap",
-            )
+            raise self._cap_refusal(entry, now)
         return victim
 
     def memory_victim(self, entry: Entry, measured_free: int) -> Entry | None:
         """The model to evict before `entry` fits in memory (None: it fits), given the free
         bytes measured on its device now. Ignores min residency: refusing a load is worse than
         reloading a young model. Refuses if nothing may go."""
-        device = self.device_for(entry)
-        needed = estimate_bytes(entry.meta, device)
-        # Other loads past this check have not grown the process yet: count their estimates
-        # as taken, or two parallel loads could each see the same free memory.
-        reserved = reserved_bytes(self.entries.values(), device, besides=entry)
-        free = measured_free - self.config.memory_headroom_mb * _MIB - reserved
+        needed, free = self._memory_need(entry, measured_free)
         if free >= needed:
             return None
         victim = self.policy.lru_victim(
             self.entries.values(), self._clock(), honour_min_residency=False
         )
         if victim is None:
-            raise ResourceExhausted(
-                f"not enough memory on {device} to load {entry.model_id}: needs "
-                f"{needed / _MIB:.0f} MiB, {max(free, 0) / _MIB:.0f} MiB free (after "
-                f"{self.config.memory_headroom_mb} MiB headroom) and no idle model to evict",
-                hint="unload or unpin a model, end sessions, or give the worker more memory",
-            )
+            raise self._memory_refusal(entry, self.device_for(entry), needed, free, 0)
         return victim
+
+    def plan_room(self, entry: Entry, measured_free: int) -> list[tuple[Entry, str]]:
+        """Every model to evict, in order and with why ("resident_cap" or "memory"), so that
+        `entry` can load; or ResourceExhausted when evicting all that may go would not make
+        room. Only decides: a refused load evicts nothing. Memory counts what each victim
+        measured when it loaded; the manager measures again after evicting."""
+        now, cap = self._clock(), self.config.resident_cap
+        plan: list[tuple[Entry, str]] = []
+        gone: set[str] = set()
+
+        def take(victim: Entry, why: str) -> None:
+            plan.append((victim, why))
+            gone.add(victim.model_id)
+
+        occupied = occupancy(self.entries.values())
+        while occupied > cap:
+            victim = self.policy.lru_victim(
+                self.entries.values(), now, honour_min_residency=True, gone=gone
+            )
+            if victim is None:
+                raise self._cap_refusal(entry, now)
+            take(victim, "resident_cap")
+            if not victim.meta.is_lora:  # a voice frees no slot, but may free its base
+                occupied -= 1
+        device = self.device_for(entry)
+        needed, free = self._memory_need(entry, measured_free)
+        freed = sum(_measured(victim) for victim, _ in plan)
+        while free + freed < needed:
+            victim = self.policy.lru_victim(
+                self.entries.values(), now, honour_min_residency=False, gone=gone
+            )
+            if victim is None:
+                raise self._memory_refusal(entry, device, needed, free, freed)
+            take(victim, "memory")
+            freed += _measured(victim)
+        return plan
+
+    def _memory_need(self, entry: Entry, measured_free: int) -> tuple[int, int]:
+        """(bytes `entry` needs, bytes free for it) on its device."""
+        device = self.device_for(entry)
+        needed = estimate_bytes(entry.meta, device)
+        # Other loads past this check have not grown the process yet: count their estimates
+        # as taken, or two parallel loads could each see the same free memory.
+        reserved = reserved_bytes(self.entries.values(), device, besides=entry)
+        return needed, measured_free - self.config.memory_headroom_mb * _MIB - reserved
+
+    def _cap_refusal(self, entry: Entry, now: float) -> ResourceExhausted:
+        kept = ", ".join(
+            f"{e.model_id} ({self.policy.why_kept(e, now)})"
+            for e in self.entries.values()
+            if e.state == "resident"
+        )
+        return ResourceExhausted(
+            f"cannot load {entry.model_id}: resident_cap={self.config.resident_cap} reached and "
+            f"no model can be evicted: {kept}",
+            hint="end sessions, unpin or unload a model, or raise resident_cap",
+        )
+
+    def _memory_refusal(
+        self, entry: Entry, device: str, needed: int, free: int, evictable: int
+    ) -> ResourceExhausted:
+        if evictable:
+            short = f"; evicting every idle model would free only {evictable / _MIB:.0f} MiB"
+        else:
+            short = " and no idle model to evict"
+        return ResourceExhausted(
+            f"not enough memory on {device} to load {entry.model_id}: needs "
+            f"{needed / _MIB:.0f} MiB, {max(free, 0) / _MIB:.0f} MiB free (after "
+            f"{self.config.memory_headroom_mb} MiB headroom){short}",
+            hint="unload or unpin a model, end sessions, or give the worker more memory",
+        )
 
     # -- clocks, leases, eviction ----------------------------------------------------------
 
@@ -387,14 +452,17 @@ class Residency:
     def device_for(self, entry: Entry) -> str:
         return entry.device or self.device
 
-    def status(self, e: Entry) -> ModelStatus:
+    def status(self, e: Entry, blocker: Blocker | None = None) -> ModelStatus:
+        """`e`'s row in ListModels; `blocker`: why it cannot load now (see `readiness`)."""
         meta, device, now = e.meta, self.device_for(e), self._clock()
         estimate = estimate_bytes(meta, device)
         measured = e.handle.memory_bytes if e.handle is not None and e.state == "resident" else None
+        state, word, reason = _state_words(e, blocker)
         return ModelStatus(
             model_id=meta.model_id,
             family=meta.family,
-            state=e.state,
+            state=state,
+            status=word,
             pinned=e.pinned,
             is_default=meta.model_id == self.policy.default_id,
             refcount=e.refcount,
@@ -408,10 +476,25 @@ class Residency:
             tags=meta.tags,
             languages=meta.languages,
             native_sr=meta.native_sr,
-            unavailable_reason=e.error,
+            unavailable_reason=reason,
             base_model=meta.base_model,
             adapters=tuple(sorted(e.attached)),
         )
+
+
+def _state_words(e: Entry, blocker: Blocker | None) -> tuple[ModelState, str, str | None]:
+    """(state, STATE word, reason) as ListModels reports them. A model that cannot load here
+    reports "unavailable" (the router then passes it by) with the blocker's word and reason;
+    a remembered failure keeps its reason."""
+    if e.state in ("resident", "loading", "unloading"):
+        return e.state, e.state, e.error
+    if e.meta.unavailable:
+        return "unavailable", UNAVAILABLE, e.meta.unavailable
+    if blocker is not None:
+        return "unavailable", blocker.word, blocker.reason
+    if e.state == "unavailable":  # the load itself found its weights missing (half a release)
+        return e.state, NOT_PULLED, e.error
+    return e.state, NOT_LOADED, e.error
 
 
 def merge_catalog(entries: dict[str, Entry], catalog: Catalog) -> dict[str, Entry]:
@@ -433,6 +516,11 @@ def merge_catalog(entries: dict[str, Entry], catalog: Catalog) -> dict[str, Entr
             entry.dropped = True
             fresh[model_id] = entry
     return fresh
+
+
+def _measured(e: Entry) -> int:
+    """What unloading `e` gives back, as its handle measured it."""
+    return e.handle.memory_bytes if e.handle is not None else 0
 
 
 def occupancy(entries: Iterable[Entry]) -> int:

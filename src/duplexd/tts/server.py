@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from duplexd.auth import check_key, key_from_metadata
@@ -17,6 +18,7 @@ from duplexd.errors import DuplexError, InvalidArgument
 from duplexd.logging import get_logger, session_context
 from duplexd.rpc import tts_pb2 as pb
 from duplexd.rpc import tts_pb2_grpc as pb_grpc
+from duplexd.rpc.client import HINT_KEY, MESSAGE_KEY
 from duplexd.tts.catalog import ModelMeta
 from duplexd.tts.description import describe
 from duplexd.tts.manager import ModelStatus
@@ -37,11 +39,15 @@ _STATES = {
 }
 
 
+_COMMANDS = frozenset({pb.PAUSE, pb.RESUME, pb.STOP, pb.RELOAD})
+
+
 def model_info(s: ModelStatus) -> pb.ModelInfo:
     return pb.ModelInfo(
         id=s.model_id,
         family=s.family,
         state=_STATES[s.state],
+        status=s.status,
         resident=s.state == "resident",
         pinned=s.pinned,
         is_default=s.is_default,
@@ -72,7 +78,18 @@ def with_catalog(info: pb.ModelInfo, meta: ModelMeta | None) -> pb.ModelInfo:
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], exc: DuplexError) -> None:
-    await context.abort(grpc.StatusCode[exc.status], str(exc))
+    """The status and ``message (hint)`` as details; message and hint apart in the trailing
+    metadata too, so `duplexd.rpc.client` rebuilds the error as it was raised."""
+    await context.abort(
+        grpc.StatusCode[exc.status], str(exc), trailing_metadata=error_metadata(exc)
+    )
+
+
+def error_metadata(exc: DuplexError) -> tuple[tuple[str, bytes], ...]:
+    metadata = [(MESSAGE_KEY, exc.message.encode())]
+    if exc.hint:
+        metadata.append((HINT_KEY, exc.hint.encode()))
+    return tuple(metadata)
 
 
 def _unary(
@@ -106,8 +123,9 @@ class TTSServicer(pb_grpc.TTSServicer):
         self, request: pb.StartSessionReq, context: aio.ServicerContext[Any, Any]
     ) -> pb.StartSessionResp:
         session = await self.worker.start_session(
-            request.model_id, request.voice, request.language, request.session_id
-        )
+            request.model_id, request.voice, request.language, request.session_id,
+            unpaced=request.unpaced,
+        )  # fmt: skip
         return pb.StartSessionResp(
             session_id=session.id,
             model_id=session.model_id,
@@ -116,26 +134,37 @@ class TTSServicer(pb_grpc.TTSServicer):
             worker_name=self.worker.name,
         )
 
-    async def Synthesize(
+    # A coroutine writing with `context.write`, not an async generator: when the client cancels
+    # while gRPC is writing a frame, the CancelledError lands here, so the utterance ends at once
+    # (`finally`). A generator would sit at its `yield` until garbage-collected, and until then
+    # the session stayed "already speaking" for the client's next call.
+    async def Synthesize(  # type: ignore[override]  # the reader/writer form grpc.aio accepts
         self, request_iterator: AsyncIterator[pb.TextChunk], context: aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.AudioFrame]:
+    ) -> None:
         try:
-            first = await anext(request_iterator, None)
+            first = await _next_chunk(request_iterator)
             if first is None or not first.session_id:
                 raise InvalidArgument("the first TextChunk must carry session_id")
             session = self.worker.session(first.session_id)
-            utterance = session.begin(self.worker.config.worker, self.worker.executor)
-            with session_context(session.id):
-                async for frame in utterance.run(_text_in(first), _texts(request_iterator)):
-                    yield pb.AudioFrame(
-                        pcm=frame.pcm,
-                        sample_rate=frame.sample_rate,
-                        frame_ms=frame.frame_ms,
-                        seq=frame.seq,
-                        unit=frame.unit,
-                        unit_text=frame.unit_text,
-                        is_last=frame.is_last,
-                    )
+            utterance = await session.begin(self.worker.config.worker, self.worker.executor)
+            frames = utterance.run(_text_in(first), _texts(request_iterator))
+            try:
+                with session_context(session.id):
+                    async for frame in frames:
+                        await context.write(
+                            pb.AudioFrame(
+                                pcm=frame.pcm,
+                                sample_rate=frame.sample_rate,
+                                frame_ms=frame.frame_ms,
+                                seq=frame.seq,
+                                unit=frame.unit,
+                                unit_text=frame.unit_text,
+                                is_last=frame.is_last,
+                            )
+                        )
+            finally:
+                await frames.aclose()
+                await utterance.close()
             session.touch()
             self.worker.telemetry.utterance_done(
                 session.model_id, utterance.stats, utterance.adapter.last_rtf
@@ -148,6 +177,13 @@ class TTSServicer(pb_grpc.TTSServicer):
     async def Control(
         self, request: pb.ControlReq, context: aio.ServicerContext[Any, Any]
     ) -> pb.ControlResp:
+        # proto3 enums are open: any int32 arrives, and Command.Name() of an unknown one raised
+        # ValueError (answered INTERNAL). Checked first, before the session is looked up.
+        if request.command not in _COMMANDS:
+            raise InvalidArgument(
+                f"unknown control command {request.command}",
+                hint="PAUSE (1), RESUME (2), STOP (3) or RELOAD (4)",
+            )
         name = pb.Command.Name(request.command)
         self.worker.telemetry.c_control.labels(name).inc()
         if request.command == pb.RELOAD:
@@ -164,8 +200,6 @@ class TTSServicer(pb_grpc.TTSServicer):
             utt.resume()
         elif request.command == pb.STOP and utt is not None and active:
             utt.stop()
-        elif request.command not in (pb.PAUSE, pb.RESUME, pb.STOP):
-            raise InvalidArgument(f"unknown control command {request.command}")
         return pb.ControlResp(
             ok=True,
             state=session.state,
@@ -273,8 +307,21 @@ async def _drain(requests: AsyncIterator[Any], limit_s: float = 0.5) -> None:
 
 
 async def _texts(requests: AsyncIterator[pb.TextChunk]) -> AsyncIterator[TextIn]:
-    async for chunk in requests:
+    while (chunk := await _next_chunk(requests)) is not None:
         yield _text_in(chunk)
+
+
+async def _next_chunk(requests: AsyncIterator[pb.TextChunk]) -> pb.TextChunk | None:
+    """The next TextChunk (None at the end). One that does not parse (proto3 strings must be
+    UTF-8: a lone surrogate, a cut multi-byte sequence) is the client's error, INVALID_ARGUMENT,
+    not grpc's UNKNOWN "Unexpected DecodeError"."""
+    try:
+        return await anext(requests, None)
+    except DecodeError:
+        raise InvalidArgument(
+            "a TextChunk could not be parsed: its strings must be valid UTF-8",
+            hint="send UTF-8 text: no lone surrogates or cut multi-byte characters",
+        ) from None
 
 
 class ApiKeyInterceptor(aio.ServerInterceptor):

@@ -6,7 +6,8 @@
 The emitter is where barge-in is decided: it checks the pause flag immediately before handing
 each frame to gRPC, and pacing keeps at most `lead_ms` of audio ahead of the listener, so a
 PAUSE leaves little in flight. The engine keeps producing into the bounded buffer while paused
-(it stays hot) and simply stalls when the buffer is full.
+(it stays hot) and simply stalls when the buffer is full. An unpaced session (StartSession
+`unpaced`: a client writing a file) skips the pacing: frames go out as the engine makes them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,6 +33,11 @@ __all__ = ["SessionState", "SynthStats", "TextIn", "Utterance", "WorkerSession",
 SessionState = Literal["idle", "speaking", "paused", "stopped"]
 _FRAME_S = FRAME_MS / 1000
 _MAX_UNITS = 8
+# How long a new Synthesize waits for the session's previous utterance to end. A client that
+# cancels a call (or STOPs it) and at once starts the next one is right: its cancel and its new
+# call race through gRPC, and a STOPped utterance ends at its next frame. Only an utterance still
+# running after this is a real "already speaking".
+_TAKEOVER_GRACE_S = 1.0
 
 
 def new_session_id() -> str:
@@ -81,12 +87,19 @@ class WorkerSession:
     """A leased model plus the state PAUSE/RESUME/STOP act on."""
 
     def __init__(
-        self, session_id: str, lease: Lease, voice: str | None, language: str | None
+        self,
+        session_id: str,
+        lease: Lease,
+        voice: str | None,
+        language: str | None,
+        *,
+        unpaced: bool = False,
     ) -> None:
         self.id = session_id
         self.lease = lease
         self.voice = voice
         self.language = language
+        self.unpaced = unpaced  # no real-time pacing: the client writes a file
         self.created = time.monotonic()
         self.last_activity = self.created
         self.next_seq = 0
@@ -109,13 +122,31 @@ class WorkerSession:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
-    def begin(self, cfg: WorkerSection, executor: Executor) -> Utterance:
+    async def begin(
+        self, cfg: WorkerSection, executor: Executor, grace_s: float = _TAKEOVER_GRACE_S
+    ) -> Utterance:
+        """A new utterance, once the previous one has finished tearing down: a STOPped or
+        cancelled one ends within `grace_s`; one still speaking after that is refused."""
         if self.closed:
             raise FailedPrecondition(f"session {self.id} has ended")
-        if self.utterance is not None and not self.utterance.done:
-            raise FailedPrecondition(
-                f"session {self.id} is already speaking", hint="STOP it or wait for it to finish"
-            )
+        previous = self.utterance
+        if previous is not None and not previous.finished:
+            await previous.wait_finished(grace_s)
+            if self.closed:
+                raise FailedPrecondition(f"session {self.id} has ended")
+            if self.utterance is not previous:  # another call took over while we waited
+                raise FailedPrecondition(
+                    f"session {self.id} is already speaking", hint="one Synthesize at a time"
+                )
+            if not previous.finished:
+                if not previous.stopping:
+                    raise FailedPrecondition(
+                        f"session {self.id} is already speaking",
+                        hint="STOP it or wait for it to finish",
+                    )
+                # STOPped, but its call is stuck writing to a client that no longer reads:
+                # it will send nothing more, so it no longer holds the session
+                await previous.close()
         adapter = self.lease.handle
         assert isinstance(adapter, TTSAdapter)
         self.utterance = Utterance(self, adapter, cfg, executor)
@@ -139,7 +170,8 @@ class Utterance:
         self.cfg = cfg
         self.executor = executor
         self.stats = SynthStats()
-        self.done = False
+        self.done = False  # no more frames: the emitter ended (teardown may still run)
+        self.finished = False  # done and torn down: its tasks have ended
         self.paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -153,6 +185,7 @@ class Utterance:
         self._error: BaseException | None = None
         self._final_unit = 1 << 62  # known once the reader has seen the end of the text
         self._tasks: list[asyncio.Task[None]] = []
+        self._finished = asyncio.Event()
         self._play_end = 0.0  # when the audio sent so far finishes playing at the client
 
     # -- control (called from Control RPCs, same event loop) ------------------------------
@@ -175,12 +208,37 @@ class Utterance:
         self._resumed.set()
 
     @property
+    def stopping(self) -> bool:
+        """STOP (or the session's end) was asked: no frame goes out after it."""
+        return self._stopped.is_set()
+
+    async def wait_finished(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._finished.wait(), timeout_s)
+
+    async def close(self) -> None:
+        """End it now (idempotent): no more frames, reader and producer cancelled. `run` does
+        this when it ends; its caller too, so a call cancelled while its generator was not
+        running (gRPC was writing a frame) does not wait for the generator to be collected."""
+        self.stop()
+        self.done = True
+        if self.finished:
+            return
+        try:
+            await self._cancel_tasks()
+        finally:
+            self.finished = True
+            self._finished.set()
+
+    @property
     def queue_depth(self) -> int:
         return self._frames.qsize()
 
     # -- the pipeline ----------------------------------------------------------------------
 
-    async def run(self, first: TextIn, rest: AsyncIterator[TextIn]) -> AsyncIterator[AudioFrame]:
+    async def run(
+        self, first: TextIn, rest: AsyncIterator[TextIn]
+    ) -> AsyncGenerator[AudioFrame, None]:
         """Yield wire frames paced to real time; `unit_text` marks each unit's first frame."""
         self._tasks = [
             asyncio.create_task(self._read(first, rest), name=f"tts-read-{self.session.id}"),
@@ -199,8 +257,7 @@ class Utterance:
                 self.session.last_seq_sent = frame.seq
                 yield frame
         finally:
-            self.done = True
-            await self._cancel_tasks()
+            await self.close()
 
     async def _read(self, first: TextIn, rest: AsyncIterator[TextIn]) -> None:
         chunker = TextChunker()
@@ -298,7 +355,8 @@ class Utterance:
         return item if isinstance(item, _Item) else None
 
     async def _pace(self, item: _Item) -> _Item | None:
-        """Hold the frame until it is within `lead_ms` of play time, and never while paused.
+        """Hold the frame until it is within `lead_ms` of play time (an unpaced session: not
+        at all), and never while paused.
 
         Returns None when the frame must not go out after all: STOP came, a RESUME moved
         playback past this frame's unit while it waited, or (backpressure `drop_oldest`) a
@@ -309,6 +367,8 @@ class Utterance:
             await self._resumed.wait()
             if self._stopped.is_set() or item.unit <= self._skip_through_unit:
                 return None
+            if self.session.unpaced:  # a file, not a listener: as fast as the engine goes
+                return self._sent(item, time.perf_counter())
             ahead = self._play_end - time.perf_counter()
             if ahead <= lead:
                 break
@@ -325,6 +385,9 @@ class Utterance:
             self.stats.late_frames += 1
             self.stats.gaps_ms.append(behind * 1000)
         self._play_end = max(self._play_end, now) + _FRAME_S
+        return self._sent(item, now)
+
+    def _sent(self, item: _Item, now: float) -> _Item:
         self._current_unit = item.unit
         if self.stats.first_frame_at is None:
             self.stats.first_frame_at = now

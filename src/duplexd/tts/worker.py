@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from duplexd.config import WorkerConfig, load_config, resolve_path
-from duplexd.errors import BusyError, FailedPrecondition, SessionNotFound
+from duplexd.config import DEFAULT_WORKER_NAME, WorkerConfig, load_config, resolve_path
+from duplexd.errors import BusyError, DuplexError, FailedPrecondition, SessionNotFound
 from duplexd.logging import get_logger
 from duplexd.tts.adapters.base import TTSAdapter
 from duplexd.tts.adapters.registry import adapter_class
@@ -23,6 +24,7 @@ from duplexd.tts.catalog import Catalog, ModelMeta
 from duplexd.tts.devices import require_gpu, resolve_device
 from duplexd.tts.manager import ModelHandle, ModelManager
 from duplexd.tts.memory import process_rss_bytes
+from duplexd.tts.readiness import UNAVAILABLE, Blocker, engine_blocker, weights_blocker
 from duplexd.tts.session import WorkerSession, new_session_id
 from duplexd.tts.telemetry import WorkerTelemetry
 
@@ -35,12 +37,15 @@ class Worker:
     def __init__(self, config: WorkerConfig, config_file: Path | None = None) -> None:
         self.config = config
         self.config_file = config_file
-        self.name = config.worker.name
+        # final once the port is bound (run_worker): a fleet worker's default name has it
+        self.name = config.worker.name or DEFAULT_WORKER_NAME
         self.telemetry = WorkerTelemetry()
         self.executor = ThreadPoolExecutor(
             config.worker.synth_threads, thread_name_prefix="tts-synth"
         )
         self.catalog = self._read_catalog()
+        # family -> its adapter class, or why there is none (entry points are slow to scan)
+        self._adapters: dict[str, type[TTSAdapter] | DuplexError] = {}
         self.manager = ModelManager(
             self.catalog,
             config.model_manager,
@@ -48,6 +53,7 @@ class Worker:
             device=config.worker.device,
             device_of=self._resolve_device,
             attach_fn=self._attach_lora,
+            check_fn=self._blocker,
         )
         self.manager.subscribe(self._on_model_event)
         self.sessions: dict[str, WorkerSession] = {}
@@ -57,6 +63,9 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Import the catalog's adapter modules off the event loop once: ListModels then asks
+        # each model's blocker (`readiness`) with lookups only.
+        await asyncio.to_thread(self._import_adapters)
         await self.manager.start()
         self._reaper = asyncio.create_task(self._reap_idle_sessions(), name="tts-session-reaper")
         self._refresh_gauges()
@@ -74,8 +83,10 @@ class Worker:
     # -- sessions --------------------------------------------------------------------------
 
     async def start_session(
-        self, model_id: str, voice: str, language: str, session_id: str
+        self, model_id: str, voice: str, language: str, session_id: str, *, unpaced: bool = False
     ) -> WorkerSession:
+        """A session on `model_id`; `unpaced` ones get frames as fast as the engine makes them
+        (a file being written), the rest real time plus `lead_ms`."""
         model_id = model_id or self.manager.default_model_id
         if session_id and (existing := self.sessions.get(session_id)) is not None:
             if existing.model_id != model_id:
@@ -84,6 +95,7 @@ class Worker:
                     "inside a session",
                     hint="end the session and start a new one with the other model",
                 )
+            existing.touch()  # a client re-attaching (an orchestrator's keepalive) is activity
             return existing
         if len(self.sessions) >= self.config.worker.max_sessions:
             raise BusyError(
@@ -99,8 +111,9 @@ class Worker:
             lease.release()
             raise
         session = WorkerSession(
-            session_id or new_session_id(), lease, voice or None, language or None
-        )
+            session_id or new_session_id(), lease, voice or None, language or None,
+            unpaced=unpaced,
+        )  # fmt: skip
         self.sessions[session.id] = session
         self._refresh_gauges()
         log.info("session started", session_id=session.id, model=model_id)
@@ -142,6 +155,8 @@ class Worker:
                 update={"host": self.config.worker.host, "port": self.config.worker.port}
             )
         self.catalog = self._read_catalog()
+        self._adapters.clear()
+        importlib.invalidate_caches()  # an extra installed since start is found from now on
         self.manager.replace_catalog(self.catalog)
         log.info("reloaded", models=len(self.catalog))
         return len(self.catalog)
@@ -193,20 +208,57 @@ class Worker:
             mm.effective_models_dir,
         )
 
-    def _resolve_device(self, meta: ModelMeta) -> str:
-        """The Model Manager's DeviceFn (blocking: a torch family may import torch)."""
+    def _adapter(self, family: str) -> type[TTSAdapter]:
+        """The family's adapter class (imported once), or the error saying why there is none."""
+        found = self._adapters.get(family)
+        if found is None:
+            try:
+                found = adapter_class(family)
+            except DuplexError as exc:
+                found = exc
+            self._adapters[family] = found
+        if isinstance(found, DuplexError):
+            raise found
+        return found
+
+    def _import_adapters(self) -> None:
+        for family in {meta.family for meta in self.catalog}:
+            with contextlib.suppress(DuplexError):  # remembered: the model's blocker says it
+                self._adapter(family)
+
+    def _blocker(self, meta: ModelMeta) -> Blocker | None:
+        """The Model Manager's CheckFn: why `meta` cannot load here, found without loading it.
+        The first that applies: another family than this worker serves, no adapter, an engine
+        that lives in its own environment, then the weights, then the engine's extra
+        (`duplexd.tts.readiness`)."""
         only = self.config.worker.adapter
         if only and meta.family != only:
-            raise FailedPrecondition(f"worker {self.name} serves only the {only!r} family")
-        cls = adapter_class(meta.family)
-        cls.check_engine()  # before the memory pre-check: "install X" beats "no memory"
+            error = FailedPrecondition(
+                f"worker {self.name} serves only the {only!r} family",
+                hint=f"load {meta.model_id} on a worker of the main environment",
+            )
+            return Blocker(UNAVAILABLE, error)
+        try:
+            cls = self._adapter(meta.family)
+        except DuplexError as exc:
+            return Blocker(UNAVAILABLE, exc)
+        if cls.engine_hint:  # an engine of its own environment: nothing here makes it load
+            env = engine_blocker(cls)
+            if env is not None:
+                return env
+        return weights_blocker(meta) or engine_blocker(cls)
+
+    def _resolve_device(self, meta: ModelMeta) -> str:
+        """The Model Manager's DeviceFn (blocking: a torch family may import torch); the
+        manager has asked `_blocker` first."""
+        cls = self._adapter(meta.family)
         device = resolve_device(self.config.worker.device, meta.device, uses_torch=cls.uses_torch)
         require_gpu(meta.model_id, device, meta.needs_gpu)
         return device
 
     def _load_model(self, meta: ModelMeta) -> TTSAdapter:
         """The Model Manager's LoadFn: import the family, load, warm up (blocking)."""
-        adapter = adapter_class(meta.family)(
+        adapter = self._adapter(meta.family)(
             meta, device=self._resolve_device(meta), threads=self.config.worker.engine_threads
         )
         adapter.load()

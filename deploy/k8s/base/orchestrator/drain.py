@@ -20,6 +20,7 @@ Standard library only: it runs in the orchestrator's container with the image's 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import urllib.request
@@ -30,8 +31,11 @@ METRIC = "duplex_orch_sessions"
 def open_sessions(port: int, timeout_s: float = 2.0) -> int | None:
     """The orchestrator's open sessions, or None when its /metrics cannot be read."""
     url = f"http://127.0.0.1:{port}/metrics"
+    key = os.environ.get("DUPLEX_API_KEY")  # with a key set, /metrics needs it too
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        request = urllib.request.Request(url, headers=headers)  # our own pod
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:  # noqa: S310
             text = reply.read().decode()
     except OSError:
         return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,6 +10,7 @@ import typer
 from rich.text import Text
 
 from duplexctl.cli._common import console, err_console, fail
+from duplexctl.cli.tables import Output, print_json
 from duplexd.errors import DuplexError
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ def worker_targets(
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except DuplexError as exc:
@@ -65,7 +67,13 @@ async def gather(
         except DuplexError as exc:
             return target, exc
 
+    import asyncio
+
     return list(await asyncio.gather(*(one(t) for t in targets)))
+
+
+Record = Callable[[str, "WorkerTarget", Any], dict[str, Any]]
+"""(model, worker, response) -> the JSON record of one success (`-o json`)."""
 
 
 def each(
@@ -74,9 +82,35 @@ def each(
     call: Callable[[TTSClient, str], Awaitable[Any]],
     message: Callable[[str, str, Any], str],
     doing: str,
+    *,
+    record: Record | None = None,
+    output: Output = Output.TABLE,
 ) -> None:
-    """Run `call` for each model on each worker, in order; report each; exit on any error."""
-    errors = run(_each_async(targets, models, call, message, doing))
+    """Run `call` for each model on each worker, in order; report each; exit on any error.
+
+    With ``-o json`` the reports are one JSON document, ``{"results": [...]}``: a `record` per
+    success, ``{"model", "worker", "worker_addr", "ok": false, "error", "exit_code"}`` per
+    failure (the error is on stderr too)."""
+    as_json = output is Output.JSON and record is not None
+    results: list[dict[str, Any]] = []
+
+    def done(model: str, target: WorkerTarget, resp: Any) -> None:
+        if as_json:
+            assert record is not None
+            results.append({**record(model, target, resp), "ok": True})
+        else:
+            console.print(message(model, str(target), resp))
+
+    def failed(model: str | None, target: WorkerTarget, exc: DuplexError) -> None:
+        _print_error(exc, target, len(targets))
+        results.append(
+            {"model": model, "worker": target.name, "worker_addr": target.addr, "ok": False,
+             "error": exc.message, "exit_code": exc.exit_code}
+        )  # fmt: skip
+
+    errors = run(_each_async(targets, models, call, doing, done, failed))
+    if as_json:
+        print_json({"results": results})
     if errors:
         raise typer.Exit(errors[0].exit_code)
 
@@ -85,8 +119,9 @@ async def _each_async(
     targets: Sequence[WorkerTarget],
     models: Sequence[str],
     call: Callable[[TTSClient, str], Awaitable[Any]],
-    message: Callable[[str, str, Any], str],
     doing: str,
+    done: Callable[[str, WorkerTarget, Any], None],
+    failed: Callable[[str | None, WorkerTarget, DuplexError], None],
 ) -> list[DuplexError]:
     from duplexctl.client.fleet import connect
 
@@ -98,17 +133,19 @@ async def _each_async(
                     try:
                         resp = await _with_spinner(call(client, model), doing, model, target)
                     except DuplexError as exc:
-                        _print_error(exc, target, len(targets))
+                        failed(model, target, exc)
                         errors.append(exc)
                         continue
-                    console.print(message(model, str(target), resp))
+                    done(model, target, resp)
         except DuplexError as exc:
-            _print_error(exc, target, len(targets))
+            failed(None, target, exc)
             errors.append(exc)
     return errors
 
 
 async def _with_spinner(call: Awaitable[T], doing: str, model: str, target: WorkerTarget) -> T:
+    import asyncio
+
     if not doing:
         return await call
     started = time.perf_counter()
@@ -127,9 +164,12 @@ def _print_error(exc: DuplexError, target: WorkerTarget, fleet: int) -> None:
         err_console.print(Text(f"  hint: {exc.hint}", style="red"))
 
 
-def exit_on_errors(results: Sequence[tuple[WorkerTarget, object]]) -> None:
+def exit_on_errors(results: Sequence[tuple[WorkerTarget, object]], *, quiet: bool = False) -> None:
+    """Print each worker's error on stderr (`quiet`: the JSON already holds them) and exit
+    with the first one's code."""
     errors = [(t, r) for t, r in results if isinstance(r, DuplexError)]
     for target, exc in errors:
-        _print_error(exc, target, len(results))
+        if not quiet:
+            _print_error(exc, target, len(results))
     if errors:
         raise typer.Exit(errors[0][1].exit_code)

@@ -12,6 +12,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from duplexctl.format import human_bytes
+from duplexctl.modelstate import short_reason, state_style, state_word
 from duplexctl.tui.views import ModelView, Snapshot, WorkerView
 from duplexctl.tui.widgets.format import ago, countdown, ms
 from duplexctl.tui.widgets.panel import Panel, cursor_key, sync_table
@@ -127,10 +128,11 @@ class ModelsPanel(Panel):
 
 
 def model_state(m: ModelView) -> str:
-    """resident (in use, pinned or default) · idle (TTL running) · loading · not loaded · …"""
+    """The worker's word, as `duplexctl models list` shows it (duplexctl.modelstate), with
+    resident told apart: resident (in use, pinned or default) · idle (its TTL running)."""
     if m.state == "resident":
         return "idle" if m.refcount == 0 and m.ttl_remaining_ms >= 0 else "resident"
-    return m.state.replace("_", " ")
+    return state_word(m.status, m.state)
 
 
 def _state_cell(m: ModelView, pending: str | None, now: float) -> Text:
@@ -138,9 +140,9 @@ def _state_cell(m: ModelView, pending: str | None, now: float) -> Text:
         spin = _SPINNER[int(now * 10) % len(_SPINNER)]
         return Text(f"{spin} {VERBS.get(pending, pending)}…", style="bold yellow")
     state = model_state(m)
-    text = Text(state, style=_STATE_STYLES.get(state, ""))
-    if m.state == "unavailable" and m.unavailable_reason:
-        text.append(f": {m.unavailable_reason}", style="dim")
+    text = Text(state, style=_STATE_STYLES.get(state, state_style(state)))
+    if state == "unavailable" and m.unavailable_reason:
+        text.append(f": {short_reason(m.unavailable_reason)}", style="dim")
         text.truncate(28, overflow="ellipsis")
     return text
 

@@ -157,7 +157,7 @@
   let models = [];
   async function loadModels() {
     try {
-      const r = await fetch("models");
+      const r = await fetch("models", { headers: auth() });
       if (!r.ok) return;
       const data = await r.json();
       models = data.models || [];
