@@ -216,3 +216,70 @@ def test_random_hostile_archives_never_write_outside_the_models_folder(tmp_path:
     took = time.monotonic() - started
     print(f"{CASES} archives in {took:.1f}s (seed {SEED}): {dict(outcomes)}")
     assert outcomes["installed"] > 0 and len(outcomes) >= 2  # both outcomes were exercised
+
+
+# -- what the fuzz found, pinned down ------------------------------------------------------------
+
+
+def _tar_of(*members: tuple[str, bytes, str]) -> bytes:
+    """(name, type, link) members; files get 3 bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, kind, link in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            data = b"abc" if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def _zip_of(*names: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"abc")
+    return buf.getvalue()
+
+
+F, SYM, HARD = tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
+@pytest.mark.parametrize(
+    ("suffix", "archive", "problem"),
+    [
+        # a link to the archive's root points into the models folder once the single
+        # top-level folder `a` becomes the model (it was installed)
+        (".tgz", _tar_of(("a/model.bin", F, ""), ("a/b/evil", SYM, "../..")), "points outside"),
+        # a file named like the folder itself (was IsADirectoryError)
+        (".tgz", _tar_of((".", F, "")), "names the model folder itself"),
+        (".zip", _zip_of("."), "names the model folder itself"),
+        # hard links to nothing, or to each other (were KeyError, RecursionError)
+        (".tgz", _tar_of(("model.bin", F, ""), ("h", HARD, "missing")), "earlier file"),
+        (".tgz", _tar_of(("a", HARD, "b"), ("b", HARD, "a")), "earlier file"),
+        # a file where a folder must go (were NotADirectoryError / FileExistsError)
+        (".tgz", _tar_of(("a", F, ""), ("a/b", F, "")), "clash"),
+        (".zip", _zip_of("a", "a/b"), "clash"),
+    ],
+    ids=[
+        "link-to-root",
+        "tar-dot",
+        "zip-dot",
+        "hard-missing",
+        "hard-cycle",
+        "tar-clash",
+        "zip-clash",
+    ],
+)
+def test_archives_the_fuzz_found_are_refused_cleanly(
+    tmp_path: Path, suffix: str, archive: bytes, problem: str
+) -> None:
+    from duplexctl.pull import BadArchive
+
+    source = tmp_path / f"voice{suffix}"
+    source.write_bytes(archive)
+    models = tmp_path / "models"
+    with pytest.raises(BadArchive) as err:
+        pull(_meta(), models, source_override=source)
+    assert problem in err.value.message
+    assert not models.exists() or not any(models.iterdir())

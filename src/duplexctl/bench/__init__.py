@@ -49,6 +49,7 @@ ORDER: tuple[str, ...] = (
     "opus",
     "voices",
     "plugins",
+    "soak",
 )
 ALL = "all"
 

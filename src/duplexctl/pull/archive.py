@@ -60,9 +60,27 @@ def unpack(job: Job, file: Path, name: str, *, keep: bool) -> Path:
     if not entries:
         raise BadArchive(f"{name} is empty", hint="check the source: it holds no files")
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
-        return entries[0]  # one top-level folder: its contents are the model
-    shutil.rmtree(payload / "__MACOSX", ignore_errors=True)
-    return payload
+        root = entries[0]  # one top-level folder: its contents are the model
+    else:
+        shutil.rmtree(payload / "__MACOSX", ignore_errors=True)
+        root = payload
+    _check_links_inside(root, name)
+    return root
+
+
+def _check_links_inside(root: Path, name: str) -> None:
+    """Every link must stay inside the model folder as installed. The members were checked
+    against the archive's root; a link to that root (``a/b/l -> ../..``) would point one level
+    up, into the models folder, once the single top-level folder ``a`` becomes the model."""
+    top = root.resolve()
+    for link in (p for p in root.rglob("*") if p.is_symlink()):
+        target = (link.parent / link.readlink()).resolve()
+        if target != top and not target.is_relative_to(top):
+            raise BadArchive(
+                f"{name} is unsafe: link {link.relative_to(root)} -> {link.readlink()} points "
+                "outside the model folder; nothing was installed",
+                hint="the archive is broken or was tampered with: check where it comes from",
+            )
 
 
 def _copy_file(job: Job, src: Path, dest: Path) -> None:
