@@ -29,7 +29,8 @@ ARG SYNC_ARGS="--no-install-package piper-tts --no-install-package joe-us-piper-
  --no-install-package pathvalidate --no-install-package livekit --no-install-package aiofiles \
  --no-install-package types-protobuf --no-install-package hf-xet"
 # Optional extras of pyproject.toml, space-separated: --build-arg EXTRAS="NAME ...".
-ARG EXTRAS=""
+# `turn`: the Smart Turn end-of-turn model (in the pipecat-ai wheel).
+ARG EXTRAS="turn"
 # Dependencies first (cached until uv.lock or pyproject.toml change), then the project itself.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv,id=duplex-uv \

@@ -89,6 +89,6 @@ if (( dev )); then
   say "the locked environment with the dev tools and every extra (torch, coqui-tts, transformers: several GB, minutes on a cold cache)"
   FOREGROUND=1 long "uv sync into $venv" "${uv[@]}" sync --locked --all-extras --compile-bytecode "${quiet[@]}"
 else
-  FOREGROUND=1 long "uv sync into $venv" "${uv[@]}" sync --locked --no-dev --compile-bytecode "${quiet[@]}"
+  FOREGROUND=1 long "uv sync into $venv" "${uv[@]}" sync --locked --no-dev --extra turn --compile-bytecode "${quiet[@]}"
 fi
 say "ready: $venv/bin/duplexctl, $venv/bin/duplexd"

@@ -77,7 +77,7 @@ def bundled_model() -> Path:
     except ModuleNotFoundError:
         raise EndOfTurnUnavailable(
             "the Smart Turn model ships in the pipecat-ai package, which is not installed",
-            hint="pip install 'pipecat-ai>=1.14' (part of duplex's default install)",
+            hint="pip install 'duplex[turn]' (scripts/setup.sh installs it)",
         ) from None
 
 
@@ -99,7 +99,7 @@ class SmartTurn:
         except ImportError as exc:
             raise EndOfTurnUnavailable(
                 f"Smart Turn needs onnxruntime and pipecat-ai: {exc}",
-                hint="pip install onnxruntime 'pipecat-ai>=1.14'",
+                hint="pip install 'duplex[turn]'",
             ) from None
         self._features = compute_whisper_log_mel_features
         options = ort.SessionOptions()
