@@ -80,4 +80,4 @@ def test_setup_says_how_far_its_long_steps_are(tmp_path: Path) -> None:
     assert beats, lines
     assert f"{venv} is" in beats[-1]
     assert any(re.fullmatch(rf"\[setup\] uv sync into {venv}: done in \d+s", ln) for ln in lines)
-    assert "sync --locked --no-dev --compile-bytecode --quiet" in calls.read_text()
+    assert "sync --locked --no-dev --extra turn --compile-bytecode --quiet" in calls.read_text()
