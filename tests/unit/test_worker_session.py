@@ -103,10 +103,12 @@ async def test_a_call_cancelled_just_before_the_next_one_is_waited_for(
         await asyncio.sleep(0.05)
         await frames.aclose()
 
+    assert old.queue_depth > 0  # frames made ahead of the pacer
     late = asyncio.create_task(cancel_arrives_late())
     new = await session.begin(CFG, executor)  # was: FailedPrecondition "already speaking"
     await late
     assert old.finished and new is session.utterance and new is not old
+    assert old.queue_depth == 0  # the cut-off audio is not kept with the session
 
 
 @pytest.mark.asyncio

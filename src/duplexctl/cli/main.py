@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from duplexctl.cli import bench, daemons, dash, demo, doctor, models, say, talk, worker
+from duplexctl.cli import bench, daemons, dash, demo, doctor, logs, models, say, talk, worker
 
 __all__ = ["app", "main"]
 
@@ -84,7 +84,7 @@ def _root(
 
 
 # --- command groups: one line each (see the module docstring) ------------------------------
-for _daemon_cmd in (daemons.up, daemons.down, daemons.status, daemons.logs):
+for _daemon_cmd in (daemons.up, daemons.down, daemons.status, logs.logs):
     app.command()(_daemon_cmd)
 app.command(name="talk")(talk.talk)
 app.command(name="say")(say.say)

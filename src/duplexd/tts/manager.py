@@ -37,8 +37,7 @@ import asyncio
 import builtins
 import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable
 
 from duplexd.aio import Subscribers, TaskSet, cancel_and_wait
 from duplexd.config import ModelManagerConfig
@@ -46,9 +45,20 @@ from duplexd.errors import DuplexError, FailedPrecondition, ModelLoadError, Mode
 from duplexd.logging import get_logger
 from duplexd.tts import memory
 from duplexd.tts.catalog import Catalog, ModelMeta
-from duplexd.tts.model_status import LoadOutcome, LoadResult, ModelHandle, ModelState, ModelStatus
+from duplexd.tts.model_status import (
+    AttachFn,
+    DeviceFn,
+    LoadFn,
+    LoadOutcome,
+    LoadResult,
+    ModelHandle,
+    ModelState,
+    ModelStatus,
+    RunBlocking,
+)
 from duplexd.tts.readiness import Blocker, CheckFn, weights_blocker
-from duplexd.tts.residency import Entry, Residency
+from duplexd.tts.residency import Lease, Residency
+from duplexd.tts.residency_policy import Entry
 
 __all__ = [
     "AttachFn",
@@ -67,58 +77,6 @@ __all__ = [
 log = get_logger("duplexd.tts.manager")
 
 _MIB = 2**20
-T = TypeVar("T")
-
-LoadFn = Callable[[ModelMeta], ModelHandle]
-"""Blocking: loads AND warms up a model; the manager runs it off the event loop."""
-
-AttachFn = Callable[[ModelHandle, ModelMeta], ModelHandle]
-"""Blocking: attaches a LoRA voice to its resident base's handle and warms it up; the handle
-it returns serves the voice's sessions and its `close()` detaches only that adapter."""
-
-DeviceFn = Callable[[ModelMeta], str]
-"""Blocking: the concrete device (`cpu`, `cuda:N`) a model will load on; may raise."""
-
-
-class RunBlocking(Protocol):
-    """Runs a blocking call off the event loop (``asyncio.to_thread`` in production)."""
-
-    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
-
-
-class Lease:
-    """A refcount on a resident model: the model cannot be evicted or unloaded while held.
-
-    `release()` is idempotent; an ``async with`` block releases on exit.
-    """
-
-    def __init__(self, entry: Entry, on_release: Callable[[Entry], None]) -> None:
-        assert entry.handle is not None, "a lease needs a resident model"
-        self.model_id: str = entry.model_id
-        self.meta: ModelMeta = entry.meta
-        self.handle: ModelHandle = entry.handle
-        self._entry = entry
-        self._on_release = on_release
-        self._released = False
-
-    @property
-    def released(self) -> bool:
-        return self._released
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._on_release(self._entry)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        return f"Lease({self.model_id!r}, released={self._released})"
 
 
 class ModelManager:

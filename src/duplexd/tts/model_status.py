@@ -1,5 +1,6 @@
 """What the Model Manager reports and hands out: a model's state, its row in ListModels
-(`ModelStatus`), a load's result, and the protocol of the handle a loader returns.
+(`ModelStatus`), a load's result, the protocol of the handle a loader returns, and the
+signatures of the loader and the other blocking calls the manager is given.
 
 Plain values with no rules attached (those are in `duplexd.tts.residency`); import them from
 `duplexd.tts.manager`.
@@ -7,10 +8,23 @@ Plain values with no rules attached (those are in `duplexd.tts.residency`); impo
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
-__all__ = ["LoadOutcome", "LoadResult", "ModelHandle", "ModelState", "ModelStatus"]
+from duplexd.tts.catalog import ModelMeta
+
+__all__ = [
+    "AttachFn",
+    "DeviceFn",
+    "LoadFn",
+    "LoadOutcome",
+    "LoadResult",
+    "ModelHandle",
+    "ModelState",
+    "ModelStatus",
+    "RunBlocking",
+]
 
 ModelState = Literal["not_loaded", "loading", "resident", "unloading", "unavailable"]
 
@@ -26,6 +40,25 @@ class ModelHandle(Protocol):
     def close(self) -> None:
         """Blocking: free the engine's memory."""
         ...
+
+
+T = TypeVar("T")
+
+LoadFn = Callable[[ModelMeta], ModelHandle]
+"""Blocking: loads AND warms up a model; the manager runs it off the event loop."""
+
+AttachFn = Callable[[ModelHandle, ModelMeta], ModelHandle]
+"""Blocking: attaches a LoRA voice to its resident base's handle and warms it up; the handle
+it returns serves the voice's sessions and its `close()` detaches only that adapter."""
+
+DeviceFn = Callable[[ModelMeta], str]
+"""Blocking: the concrete device (`cpu`, `cuda:N`) a model will load on; may raise."""
+
+
+class RunBlocking(Protocol):
+    """Runs a blocking call off the event loop (``asyncio.to_thread`` in production)."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
 
 
 @dataclass(frozen=True)

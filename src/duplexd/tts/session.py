@@ -227,8 +227,16 @@ class Utterance:
         try:
             await self._cancel_tasks()
         finally:
+            self._drop_queued()
             self.finished = True
             self._finished.set()
+
+    def _drop_queued(self) -> None:
+        """Let go of audio and text nobody will send: the session keeps its last utterance
+        until the next one, and a cut-off one could hold `queue_frames` frames (~1 MB)."""
+        for queue in (self._frames, self._units):
+            while not queue.empty():
+                queue.get_nowait()
 
     @property
     def queue_depth(self) -> int:
