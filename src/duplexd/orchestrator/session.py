@@ -16,7 +16,6 @@ go out as `latency` / `turn` events.
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 import uuid
 from collections.abc import Coroutine
@@ -24,11 +23,11 @@ from typing import Any
 
 from duplexd.aio import TaskSet, cancel_and_wait
 from duplexd.audio.frames import FRAME_MS
-from duplexd.audio.pcm import dbfs
 from duplexd.errors import DuplexError
 from duplexd.logging import get_logger
 from duplexd.orchestrator.binding import WorkerBinding, session_gone
 from duplexd.orchestrator.deps import SessionDeps
+from duplexd.orchestrator.echo import EchoGuard
 from duplexd.orchestrator.listening import Listener
 from duplexd.orchestrator.llm import Message, PushResponder, Responder, TeeResponder
 from duplexd.orchestrator.protocol import Hello, error_code, event, pack_audio
@@ -40,9 +39,6 @@ from duplexd.orchestrator.turn import State, TurnTimes
 __all__ = ["Session", "SessionDeps"]
 
 log = get_logger("duplexd.orchestrator.session")
-
-_ECHO_LOSS_DB = 20.0  # assumed speaker -> mic attenuation for the echo guard
-_ECHO_WINDOW_MS = 500  # output that may still be echoing back into the mic
 
 
 class Session:
@@ -78,8 +74,8 @@ class Session:
         self.transcript_tail = ""
         self._out_seq = 0
         self._times = TurnTimes()
-        self._out_levels: collections.deque[float] = collections.deque(
-            maxlen=_ECHO_WINDOW_MS // FRAME_MS
+        self.echo = EchoGuard(
+            enabled=cfg.turn.echo_guard and not hello.aec, margin_db=cfg.turn.echo_guard_db
         )
         self._tasks = TaskSet(
             log=log.bind(session_id=self.id), failure_event="session task failed",
@@ -196,22 +192,12 @@ class Session:
         speech = self.speech
         if speech.replying and speech.state != State.BARGED_IN:
             if speech.reply_audible:
-                if self._is_echo(mic_db):
+                if self.echo.is_echo(mic_db):
                     return False
                 speech.interrupt(now, self.listener.speech_start(now, speech_start_ms))
             else:  # the user speaks again before any reply audio: they were not done
                 self._spawn(speech.stop())
         return True
-
-    def _is_echo(self, mic_db: float) -> bool:
-        """Without client AEC, our own voice returns through the mic; don't let it barge in."""
-        if self.hello.aec or not self.cfg.turn.echo_guard:
-            return False
-        # the echo at the mic may come from any frame sent in the last half second (lead,
-        # client buffer, acoustic path): compare with the loudest of them
-        loudest = max(self._out_levels, default=float("-inf"))
-        expected_echo = loudest - _ECHO_LOSS_DB
-        return mic_db < expected_echo + self.cfg.turn.echo_guard_db
 
     def _on_end_of_turn(self, times: TurnTimes) -> None:
         self._times = times
@@ -436,7 +422,7 @@ class Session:
         self.out.event(event("reply", text=text, turn=turn, final=False))
 
     def _send_audio(self, pcm: bytes, last: bool, level: float) -> None:
-        self._out_levels.append(dbfs(level))
+        self.echo.played(level)
         if self.recorder is not None:
             self.recorder.bot(pcm)
         self.out.audio(pack_audio(self._out_seq, self.turn, pcm, last=last))
