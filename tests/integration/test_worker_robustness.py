@@ -44,6 +44,34 @@ async def test_one_4000_character_word_is_spoken_in_bounded_units_and_memory(
 
 
 @pytest.mark.asyncio
+async def test_memory_of_long_units_goes_back_after_them(worker: DaemonProc) -> None:
+    """The soak's finding: onnxruntime's arena kept the buffers of the longest unit it had
+    synthesized (and glibc kept what it freed), so RSS only grew. Units of the largest size the
+    chunker makes, one after another: RSS must come back down after them."""
+    clauses = [
+        "the scheduler keeps a refcount per model and evicts idle ones after a while",
+        "in a small town by the sea there lived a lighthouse keeper named Ada",
+        "there are a few caveats you should know about before we start",
+    ]
+    async with TTSClient(worker.addr) as client:
+        sid = (await client.start_session()).session_id
+        await _collect(client, sid, ["Warm up the buffers of a normal sentence, please."])
+        before = (await client.capabilities()).hardware.process_rss_bytes
+        for i in range(6):
+            text = ", and ".join(clauses[i % 3 :] + clauses[: i % 3])[: 200 + 3 * i] + "."
+            call = client.open_stream(text_stream(sid, [text]))
+            async for _frame in call:  # the whole unit was synthesized before its first frame
+                break
+            await client.control(sid, pb.STOP)
+            call.cancel()
+        after = (await client.capabilities()).hardware.process_rss_bytes
+        await client.end_session(sid)
+    grown_mb = (after - before) / _MB
+    print(f"RSS {before / _MB:.0f} MB -> {after / _MB:.0f} MB ({grown_mb:+.0f} MB)")
+    assert grown_mb < 40
+
+
+@pytest.mark.asyncio
 async def test_an_invalid_control_command_is_invalid_argument(worker: DaemonProc) -> None:
     """Item 10: it was INTERNAL (Command.Name() raised ValueError on an unknown value)."""
     async with TTSClient(worker.addr) as client:

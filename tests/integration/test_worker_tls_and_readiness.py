@@ -225,3 +225,28 @@ def _redis(port: int | None = None) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.mark.asyncio
+async def test_the_orchestrator_daemon_dials_its_tls_worker(certs: Certs, tmp_path: Path) -> None:
+    """The daemon itself (not only its client factory) uses `worker_tls` for its workers."""
+    import httpx
+
+    tls_args = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+    env = {"DUPLEX_WORKER_TLS__ENABLED": "true", "DUPLEX_WORKER_TLS__CA": str(certs.ca),
+           "DUPLEX_WORKER_TLS__SERVER_NAME": FLEET_NAME}  # fmt: skip
+    with (
+        daemon("worker", tmp_path / "w", tls_args) as worker,
+        daemon("orchestrator", tmp_path / "o", ["--worker", f"w={worker.addr}"], env=env) as orch,
+    ):
+        async with httpx.AsyncClient(base_url=f"http://{orch.addr}") as http:
+            deadline = time.monotonic() + 20
+            while True:
+                status = (await http.get("/status")).json()
+                (w,) = status["workers"]
+                if w["healthy"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert w["healthy"], w["last_error"]
+            assert "piper-en-us-joe" in w["resident_models"]
+            assert (await http.get("/readyz")).status_code == 200

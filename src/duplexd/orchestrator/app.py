@@ -20,7 +20,7 @@ from duplexd.auth import ensure_safe_bind
 from duplexd.config import OrchestratorConfig, resolve_path
 from duplexd.logging import get_logger
 from duplexd.orchestrator.endofturn import load_end_of_turn
-from duplexd.orchestrator.registry import Registry, StaticRegistry
+from duplexd.orchestrator.registry import Registry, StaticRegistry, grpc_clients
 from duplexd.orchestrator.routing import RoutingPolicy
 from duplexd.orchestrator.server import OrchestratorServer
 from duplexd.orchestrator.session import SessionDeps
@@ -86,13 +86,15 @@ def _registry(cfg: OrchestratorConfig) -> Registry:
     """The static workers from config, plus the Redis registry when redis.url is set.
 
     With Redis, the built-in default worker list (127.0.0.1:7001) is dropped unless workers
-    were configured explicitly (file, env or --worker): the fleet comes from Redis."""
+    were configured explicitly (file, env or --worker): the fleet comes from Redis. Every
+    worker is dialled the same way: with the API key, over TLS/mTLS when `worker_tls` is on."""
+    clients = grpc_clients(cfg.auth.api_key, cfg.worker_tls)
     if not cfg.redis.url:
-        return StaticRegistry(cfg.workers, api_key=cfg.auth.api_key)
+        return StaticRegistry(cfg.workers, api_key=cfg.auth.api_key, clients=clients)
     from duplexd.fleet.discovery import RedisRegistry
 
     static = cfg.workers if "workers" in cfg.model_fields_set else []
-    return RedisRegistry(static, cfg.redis, api_key=cfg.auth.api_key)
+    return RedisRegistry(static, cfg.redis, api_key=cfg.auth.api_key, clients=clients)
 
 
 def _write_ready(path: Path | None, addr: str, port: int) -> None:

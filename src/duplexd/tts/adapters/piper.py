@@ -11,7 +11,9 @@ a few dozen utterances on two synthesis threads, and ~1 GB kept after one 4,000-
 Every Run therefore asks the arena to shrink back to its first block when it ends
 (``memory.enable_memory_arena_shrinkage``); with the worker's fixed mmap threshold
 (``worker.malloc_mmap_threshold_kb``) the freed blocks go back to the OS. Measured here: RSS flat
-(+0.5-1.4 %) over the same load, for ~10 % more CPU time (page faults on the regrown blocks).
+(+0.5-1.4 %) over the same load, for 0-12 % more CPU time (page faults on the regrown blocks;
+docs/benchmarks.md, soak). A voicepack's ``options: {arena_shrink: false}`` keeps the old
+behaviour for that voice (its arena then only grows).
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class PiperAdapter(TTSAdapter):
             session = onnxruntime.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(f"{model_path} is not a loadable Piper voice: {exc}") from exc
-        self._voice = PiperVoice(session=_ShrinkingSession(session), config=config)
+        if self.meta.options.get("arena_shrink", True):
+            session = _ShrinkingSession(session)
+        self._voice = PiperVoice(session=session, config=config)
         self._syn_config = self._synthesis_config()
 
     @property
