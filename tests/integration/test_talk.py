@@ -520,3 +520,38 @@ def test_wav_conversion_any_width_rate_and_channels(tmp_path: Path) -> None:
     with wave.open(str(dst)) as wav:
         frames = np.frombuffer(wav.readframes(4), "<i2").reshape(-1, 2)
     assert frames[:, 0].tolist() == [-3, -3, 0, 0] and frames[:, 1].tolist() == [7, 7, 7, 7]
+
+
+def test_file_mode_keeps_what_was_received_when_the_orchestrator_dies(tmp_path: Path) -> None:
+    """The orchestrator is killed while the story plays: `talk` writes the WAV and the events
+    it got, says what happened and exits 8, with no traceback."""
+    import signal
+    import threading
+
+    from duplexd.devkit.procs import daemon
+
+    story = _wav(tmp_path / "story.wav", concat(silence(400), speech("tell me a story")))
+    wav_out, events = tmp_path / "out.wav", tmp_path / "ev.jsonl"
+    with (
+        daemon("worker", tmp_path / "w") as worker,
+        daemon("orchestrator", tmp_path / "o", ["--worker", f"w={worker.addr}"]) as orch,
+    ):
+        killer = threading.Timer(7.0, lambda: os.kill(orch.proc.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            out = _talk(
+                "--input", str(story), "--output", str(wav_out), "--events", str(events),
+                "--max-wait", "40", "--url", orch.addr, jack="unused",
+            )  # fmt: skip
+        finally:
+            killer.cancel()
+    assert out.returncode == 8, out.stdout + out.stderr
+    said = " ".join(out.stderr.split())
+    assert "the orchestrator went away mid-conversation" in said, said
+    assert "Traceback" not in out.stderr
+    assert str(wav_out) in said and str(events) in said
+    with wave.open(str(wav_out)) as wav:
+        speaker = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")
+    assert speaker.std() > 300  # the part of the story that arrived
+    kinds = {e["type"] for e in _events(events)}
+    assert {"ready", "transcript", "latency"} <= kinds

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
+import aiohttp
 from rich.text import Text
 
 from duplexctl.audio.status import StatusView
@@ -79,12 +80,18 @@ class LiveTalk:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                task.result()  # re-raise the first failure
+                try:
+                    task.result()  # re-raise the first failure
+                except (aiohttp.ClientError, ConnectionError) as exc:  # the orchestrator died
+                    raise DaemonUnavailable(
+                        f"the connection to the orchestrator broke: {type(exc).__name__} {exc}",
+                        hint="`duplexctl status` / `duplexctl logs orchestrator` say why",
+                    ) from None
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
                     await task
 
     # -- from the server -------------------------------------------------------------------

@@ -38,7 +38,7 @@ from rich.live import Live
 from rich.text import Text
 
 from duplexctl.cli._common import console, err_console, fail, table
-from duplexd.errors import DuplexError, InvalidArgument, NoAudioDevice
+from duplexd.errors import DaemonUnavailable, DuplexError, InvalidArgument, NoAudioDevice
 
 if TYPE_CHECKING:
     from duplexctl.audio.devices import Device
@@ -331,6 +331,13 @@ def _file_mode(
         f"{len(mic) / 16_000:.1f} s of input, {len(conv.speaker) / 48_000:.1f} s written, "
         f"{conv.frames_received * 0.02:.1f} s of reply audio, {conv.underruns} underruns"
     )
+    if conv.lost is not None:  # what was received is written above; then say what happened
+        kept = [str(p) for p in (wav_out, events) if p is not None]
+        fail(DaemonUnavailable(
+            f"the orchestrator went away mid-conversation ({conv.lost})",
+            hint=(f"what was received is in {', '.join(kept)}; " if kept else "")
+            + "`duplexctl status` / `duplexctl logs orchestrator` say why",
+        ))  # fmt: skip
 
 
 # -- live modes ----------------------------------------------------------------------------

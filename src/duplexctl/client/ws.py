@@ -176,6 +176,7 @@ class Conversation:
     # (first frame sent, end of last frame sent) of each scripted utterance, in t_ms
     utterances: list[tuple[float, float | None]] = field(default_factory=list)
     capped: bool = False  # `until_quiet` gave up: a reply was still going (or pending)
+    lost: str | None = None  # the orchestrator went away before the end: why
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -261,20 +262,32 @@ class LiveConversation:
                 await self._changed.wait()
 
     async def run(self, script: Callable[[LiveConversation], Awaitable[None]]) -> Conversation:
-        """Run the clock until `script` returns and its queued speech has been sent."""
+        """Run the clock until `script` returns and its queued speech has been sent.
+
+        If the orchestrator goes away first (the socket closes or breaks), the script is
+        stopped and what was received so far is returned, with `lost` saying why."""
         self._t0 = time.perf_counter()
         self._record(self.client.ready)
-        reader = asyncio.create_task(self._read())
-        clock = asyncio.create_task(self._tick())
+        reader = asyncio.create_task(self._read(), name="conversation-read")
+        clock = asyncio.create_task(self._tick(), name="conversation-clock")
+        body = asyncio.create_task(self._body(script), name="conversation-script")
         try:
-            await script(self)
-            await self.said()
+            await asyncio.wait({reader, clock, body}, return_when=asyncio.FIRST_COMPLETED)
+            if body.done():
+                body.result()  # the script's own errors are the caller's
+            else:
+                self.result.lost = _why_lost(reader, clock)
         finally:
-            for task in (clock, reader):
+            for task in (body, clock, reader):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+            for task in (body, clock, reader):
+                with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
                     await task
         return self._finish()
+
+    async def _body(self, script: Callable[[LiveConversation], Awaitable[None]]) -> None:
+        await script(self)
+        await self.said()
 
     async def said(self) -> None:
         """Wait until the queued user speech has all gone out."""
@@ -435,6 +448,14 @@ def _answers(ev: dict[str, Any], turn: int) -> bool:
     reply (a false interruption), or no reply will come (an error)."""
     kind = ev["type"]
     return (kind == "turn" and ev["turn"] >= turn) or kind in ("resume", "error")
+
+
+def _why_lost(reader: asyncio.Task[None], clock: asyncio.Task[None]) -> str:
+    """Why the connection ended before the script did (the reader or the clock stopped)."""
+    for task in (reader, clock):
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            return f"the connection broke: {type(exc).__name__}: {exc}".rstrip(": ")
+    return "the orchestrator closed the connection"
 
 
 def write_events(path: Path, events: list[dict[str, Any]]) -> None:
