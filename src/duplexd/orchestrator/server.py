@@ -250,7 +250,7 @@ class OrchestratorServer:
 
     # -- WebSocket sessions (ws.py) and shutdown ------------------------------------------
 
-    async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+    async def ws_handler(self, request: web.Request) -> web.StreamResponse:
         return await self._ws.handle(request)
 
     async def drain(self, timeout_s: float, reason: str = GOING_AWAY) -> None:

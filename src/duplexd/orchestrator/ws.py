@@ -331,7 +331,13 @@ class WsService:
         self.dispatch = dispatch
         self.connections: set[WsConnection] = set()
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not web.WebSocketResponse().can_prepare(request).ok:  # a plain HTTP request
+            return web.json_response(
+                {"error": "expected a WebSocket upgrade",
+                 "hint": "connect with a WebSocket client: ws://HOST:PORT/ws (docs/protocol.md)"},
+                status=400,
+            )  # fmt: skip
         conn = WsConnection(request, self.dispatch)
         self.connections.add(conn)
         try:
