@@ -217,7 +217,7 @@ assert any(n.startswith("tts-cpu-") for n in names), f"tts-cpu not registered: {
 assert any(n.startswith("tts-isolated-") for n in names), f"tts-isolated not registered: {names}"
 PY
 ok "both workers announced themselves"
-curl -fsS "http://$orch/status" >"$out/status-up.json"
+curl -fsS -H "Authorization: Bearer $key" "http://$orch/status" >"$out/status-up.json"
 py - "$out/status-up.json" <<'PY'
 import json, sys
 for w in json.load(open(sys.argv[1]))["workers"]:
@@ -292,9 +292,11 @@ podman kill "$cpu_c" >/dev/null
 watch_status='
 import json, sys, time, urllib.request
 url, name, want, t0 = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+key = sys.argv[5]
 deadline = time.time() + 60
 while time.time() < deadline:
-    with urllib.request.urlopen(url + "/status", timeout=2) as r:
+    keyed = urllib.request.Request(url + "/status", headers={"Authorization": "Bearer " + key})
+    with urllib.request.urlopen(keyed, timeout=2) as r:  # with a key set, /status needs it
         workers = {w["name"]: w for w in json.load(r)["workers"]}
     w = workers.get(name)
     state = "gone" if w is None else ("healthy" if w["healthy"] and w["resident_models"] else "unhealthy")
@@ -309,8 +311,8 @@ while time.time() < deadline:
     time.sleep(0.2)
 sys.exit(f"  {name} never became {want}")
 '
-py -c "$watch_status" "http://$orch" "$cpu_name" down "$t_kill"
-py -c "$watch_status" "http://$orch" "$cpu_name" gone "$t_kill"
+py -c "$watch_status" "http://$orch" "$cpu_name" down "$t_kill" "$key"
+py -c "$watch_status" "http://$orch" "$cpu_name" gone "$t_kill" "$key"
 curl -fsS -o /dev/null -w '  /readyz while it is down: HTTP %{http_code}\n' "http://$orch/readyz"
 ok "the dead worker dropped out; the isolated worker keeps the fleet ready"
 
@@ -319,7 +321,7 @@ t_start=$(date +%s.%N)
 podman start "$cpu_c" >/dev/null
 cpu_addr=$(podman port "$cpu_c" 7001)
 wait_healthy "tts-cpu|grpc|$cpu_addr|$(started_ns "$cpu_c")" | tee -a "$out/cold-start.txt"
-py -c "$watch_status" "http://$orch" "$cpu_name" healthy "$t_start"
+py -c "$watch_status" "http://$orch" "$cpu_name" healthy "$t_start" "$key"
 duplexctl say "Back again." --worker "$cpu_addr" --out "$out/say-cpu-again.wav" | sed 's/^/  /'
 ok "recovered"
 
