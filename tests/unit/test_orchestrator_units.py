@@ -352,3 +352,15 @@ _OPUS_OFFER = "\r\n".join([
     "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=mid:0", "a=sendrecv",
     "a=rtpmap:111 opus/48000/2", "",
 ])  # fmt: skip
+
+
+def test_a_deeply_nested_data_channel_message_is_not_a_crash() -> None:
+    """WebRTC's keep-alive check reads every data-channel message first: nesting deep enough to
+    exhaust the parser's recursion is just not a ping (the dispatcher answers it with an
+    error, as on the WebSocket)."""
+    pytest.importorskip("aiortc")
+    from duplexd.orchestrator.webrtc import _is_ping
+
+    assert _is_ping('{"type": "ping", "t": 1}')
+    assert not _is_ping('{"a":' * 200_000 + "1" + "}" * 200_000)
+    assert not _is_ping("[" * 200_000 + "]" * 200_000)

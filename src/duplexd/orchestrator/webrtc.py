@@ -219,9 +219,10 @@ class RtcOutbox(Outbox):
 
 
 def _is_ping(message: str) -> bool:
+    """A keep-alive? (Malformed or absurdly nested input is not; the dispatcher answers it.)"""
     try:
         return bool(json.loads(message).get("type") == "ping")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return False
 
 
