@@ -91,8 +91,9 @@ async def test_lora_voices_attach_to_one_resident_base(csm_worker: DaemonProc) -
         check=False,
     )
     assert listing.returncode == 0, listing.stderr
-    assert f"{BASE} (+ LoRA {LORA_A}, {LORA_B})" in listing.stdout
-    assert f"{LORA_A} (LoRA on {BASE})" in listing.stdout
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines() if line.strip()}
+    assert rows[BASE].rstrip().endswith(f"+ {LORA_A}, {LORA_B}"), rows[BASE]  # the LORA column
+    assert rows[LORA_A].rstrip().endswith(f"on {BASE}"), rows[LORA_A]
     assert loaded_b.load_ms < 5_000
 
 
