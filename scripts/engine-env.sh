@@ -39,11 +39,15 @@ stamp=$env_dir/.duplex-engine-env
 
 export SSL_CERT_FILE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 export UV_PYTHON_DOWNLOADS=${UV_PYTHON_DOWNLOADS:-never}
-command -v uv >/dev/null || { echo "engine-env: needs uv (https://docs.astral.sh/uv/)" >&2; exit 1; }
+# uv on PATH, else the one scripts/setup.sh installs as a Python module (`python3 -m uv`)
+if command -v uv >/dev/null; then uv=(uv)
+elif python3 -m uv --version >/dev/null 2>&1; then uv=(python3 -m uv)
+else echo "engine-env: needs uv: run bash scripts/setup.sh (or see https://docs.astral.sh/uv/)" >&2; exit 1
+fi
 
 if [[ $recompile == --recompile ]]; then
   # refresh the committed pins (needs the network): the project's default dependencies + the engine
-  uv pip compile --quiet pyproject.toml "$reqdir/requirements.in" \
+  "${uv[@]}" pip compile --quiet pyproject.toml "$reqdir/requirements.in" \
     --override "$reqdir/overrides.txt" --python-version 3.11 --no-header \
     -o "$reqdir/requirements.lock.tmp"
   {
@@ -62,9 +66,9 @@ if [[ -x $py && -f $stamp && $(cat "$stamp") == "$want" ]]; then
   echo "engine-env: $env_dir is up to date; checking it"
 else
   started=$SECONDS
-  [[ -x $py ]] || uv venv --quiet --python 3.11 "$env_dir"
+  [[ -x $py ]] || "${uv[@]}" venv --quiet --python 3.11 "$env_dir"
   # the pins, and this checkout editable on top (its default dependencies resolve to the pins)
-  uv pip install --quiet --python "$py" -r "$reqdir/requirements.txt" \
+  "${uv[@]}" pip install --quiet --python "$py" -r "$reqdir/requirements.txt" \
     --override "$reqdir/overrides.txt" -e .
   echo "$want" >"$stamp"
   echo "engine-env: built $env_dir in $((SECONDS - started)) s"
