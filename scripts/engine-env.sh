@@ -39,10 +39,19 @@ stamp=$env_dir/.duplex-engine-env
 
 export SSL_CERT_FILE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 export UV_PYTHON_DOWNLOADS=${UV_PYTHON_DOWNLOADS:-never}
-# uv on PATH, else the one scripts/setup.sh installs as a Python module (`python3 -m uv`)
-if command -v uv >/dev/null; then uv=(uv)
-elif python3 -m uv --version >/dev/null 2>&1; then uv=(python3 -m uv)
-else echo "engine-env: needs uv: run bash scripts/setup.sh (or see https://docs.astral.sh/uv/)" >&2; exit 1
+# Which uv: $UV (what `uv run` exports to its children, e.g. pytest under `just test`; may also be
+# a command such as "python3 -m uv"), uv on PATH, the one `pip install --user uv` leaves in
+# ~/.local/bin, else the Python module scripts/setup.sh installs. Under `uv run`, `python3` is the
+# project venv's, which has no uv module, so the module is also tried with the system Python.
+uv=()
+for candidate in "${UV:-}" uv "$HOME/.local/bin/uv" "python3 -m uv" "/usr/bin/python3 -m uv"; do
+  [[ -n $candidate ]] || continue
+  read -ra words <<<"$candidate"
+  if "${words[@]}" --version >/dev/null 2>&1; then uv=("${words[@]}"); break; fi
+done
+if [[ ${#uv[@]} -eq 0 ]]; then
+  echo "engine-env: needs uv: run bash scripts/setup.sh (or see https://docs.astral.sh/uv/)" >&2
+  exit 1
 fi
 
 if [[ $recompile == --recompile ]]; then
