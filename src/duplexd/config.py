@@ -250,6 +250,11 @@ class AsrConfig(_Section):
     threads: int = Field(2, ge=0, description="decoder CPU threads (0 = engine default)")
     partial_interval_ms: int = Field(500, ge=100, description="partial transcript cadence")
     device: str = Field("cpu", description="cpu | cuda")
+    nice: int = Field(
+        5, ge=0, le=19,
+        description="CPU priority of the ASR below the rest of the orchestrator (Linux nice "
+        "steps; 0 = same): under load the end-of-turn model, VAD and replies go first",
+    )  # fmt: skip
     short_form: bool = Field(
         True,
         description="faster-whisper: encode only the utterance (+1 s), not Whisper's 30 s "
@@ -297,6 +302,14 @@ class TurnConfig(_Section):
         True,
         description="start the reply (LLM + synthesis, audio held back) at the first pause, "
         "before the turn is confirmed; dropped if the user goes on",
+    )
+    speculate_after_ms: int = Field(
+        64, ge=20, description="silence after which the final ASR decode (and reply) starts"
+    )
+    transcript_check: bool = Field(
+        True,
+        description="smart-turn: a transcript ending in a word no sentence ends with ('for', "
+        "'the', 'and', 'colour is') overrules 'complete': keep listening",
     )
 
 

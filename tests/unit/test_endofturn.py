@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from duplexd.devkit.speech import speech as speak
-from duplexd.orchestrator.endofturn import SmartTurn, bundled_model, load_end_of_turn
+from duplexd.orchestrator.endofturn import SmartTurn, bundled_model, dangling, load_end_of_turn
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,25 @@ def test_a_missing_model_falls_back_and_says_which_file(tmp_path: Path) -> None:
 
 def test_the_silence_rule_needs_no_model() -> None:
     assert load_end_of_turn("silence", None, threshold=0.5) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "unfinished"),
+    [
+        ("I'd like to book a table for.", True),  # Whisper puts a period after a fragment
+        ("What is the weather like in", True),
+        ("Can you tell me about the...", True),
+        ("My favourite colour is.", True),  # a copula after a noun waits for its complement
+        ("The train to London leaves at", True),
+        ("Salt and", True),
+        ("Yes, it is.", False),  # ... after a pronoun it is an answer
+        ("Here you are.", False),
+        ("What are you looking for?", False),  # a question may end in a preposition
+        ("Thank you very much.", False),
+        ("Please remind me to call.", False),  # a transitive verb: beyond a word list
+        ("", False),
+        ("...", False),
+    ],
+)
+def test_a_transcript_that_stops_mid_sentence_is_dangling(text: str, unfinished: bool) -> None:
+    assert dangling(text) is unfinished

@@ -93,6 +93,7 @@ async def rig_factory() -> AsyncIterator[Make]:
         end_of_turn_ms: int = 100,
         speculate: bool = False,
         model: FakeEndOfTurn | None = None,
+        transcript_check: bool = True,
         push: bool = False,
         keepalive_s: float = 60.0,
         frame_interval_s: float = 0.002,
@@ -101,7 +102,10 @@ async def rig_factory() -> AsyncIterator[Make]:
                          frame_interval_s=frame_interval_s) for i in range(workers)]  # fmt: skip
         config = OrchestratorConfig(
             turn=TurnConfig(
-                end_of_turn_silence_ms=end_of_turn_ms, false_interruption_ms=30, speculate=speculate
+                end_of_turn_silence_ms=end_of_turn_ms,
+                false_interruption_ms=30,
+                speculate=speculate,
+                transcript_check=transcript_check,
             ),
             sessions=SessionsConfig(worker_keepalive_s=keepalive_s),
             workers=[WorkerEndpoint(name=f.name, addr=f.addr) for f in fakes],
@@ -314,6 +318,33 @@ async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Mak
     assert latency["speculations_discarded"] == 1  # "not done" dropped the first speculation
     end_of_speech = latency["end_of_speech_ms"]
     assert isinstance(end_of_speech, float) and end_of_speech < 900  # before max silence
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_a_complete_that_stops_mid_sentence_keeps_listening(
+    rig_factory: Make, check: bool
+) -> None:
+    model = FakeEndOfTurn([True, True, True, True])  # the model always hears a finished voice
+    rig = await rig_factory(texts=("I'd like to book a table for.",), speculate=True,
+                            model=model, transcript_check=check)  # fmt: skip
+    start = rig.now_ms
+    rig.vad.speak(start, start + 300)
+    rig.feed(300)
+    for _ in range(60):  # silence, one frame at a time, letting decisions land
+        rig.session.on_audio(FRAME)
+        await rig.settle()
+        if rig.events("turn") or not rig.session.listener.user_speaking:
+            break
+    await rig.until(lambda: bool(rig.events("turn")))
+    latency = rig.events("latency")[0]
+    overruled = rig.session.deps.telemetry.c_eot.labels("overruled")._value.get()
+    if check:  # each "complete" overruled by the transcript: the maximum silence ends it
+        assert latency["end_of_turn"] == "max_silence" and len(model.asked_ms) >= 2
+        assert overruled == len(model.asked_ms)
+        assert latency["speculative"] is True  # the held reply is still the answer
+    else:
+        assert latency["end_of_turn"] == "model" and len(model.asked_ms) == 1
+        assert overruled == 0
 
 
 # -- typed text over a speaking reply (reliability issue, item 3) ------------------------------

@@ -41,6 +41,12 @@ PAUSED = (  # (clearly unfinished start, the rest) with a 400 ms pause between
     ("My favourite colour is", "a very dark shade of blue."),
     ("Please remind me to call", "my sister tomorrow morning."),
     ("The train to London leaves at", "half past nine, right?"),
+    ("Could you book me a taxi to", "the airport at six?"),
+    ("I need a table for", "four on Friday."),
+    ("Is it going to", "rain tomorrow in Berlin?"),
+    ("Tell me a", "joke about cats."),
+    ("What's on my calendar for", "Monday morning?"),
+    ("Where is the nearest", "pharmacy that is open now?"),
 )
 PAUSE_MS = 400
 RULES = ("smart-turn", "silence")
@@ -81,6 +87,7 @@ async def _questions(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
     turn_ms: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     speculative = discarded = 0
+    ended_by: dict[str, int] = {}
 
     async def script(conv: LiveConversation) -> None:
         nonlocal speculative, discarded
@@ -96,6 +103,8 @@ async def _questions(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
             for stage in STAGES:
                 if latency.get(stage) is not None:
                     stages[stage].append(latency[stage])
+            by = str(latency.get("end_of_turn"))
+            ended_by[by] = ended_by.get(by, 0) + 1
             speculative += bool(latency.get("speculative"))
             discarded += int(latency.get("speculations_discarded") or 0)
             await conv.wait_for(is_kind("turn", turn=turn), 60)
@@ -110,6 +119,7 @@ async def _questions(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
         "stages": {stage.removesuffix("_ms"): summary(v) for stage, v in stages.items()},
         "speculative_turns": speculative,
         "speculations_discarded": discarded,
+        "ended_by": ended_by,
     }
 
 
@@ -196,6 +206,9 @@ def rows(result: dict[str, Any]) -> list[Row]:
                        key=f"e2e.{rule}.false_cut_in_pct"))  # fmt: skip
         out.append(Row(f"[{rule}] speculative replies used / discarded",
                        f"{r['speculative_turns']} / {r['speculations_discarded']}"))  # fmt: skip
+        if r.get("ended_by"):
+            ends = ", ".join(f"{by} {n}" for by, n in sorted(r["ended_by"].items()))
+            out.append(Row(f"[{rule}] turns ended by", ends))
         if "eot_loaded_ms" in r:
             e = r["eot_loaded_ms"]
             out.append(Row(f"[{rule}] end-of-turn decision, {LOAD_SESSIONS} sessions",

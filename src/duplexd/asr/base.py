@@ -28,6 +28,7 @@ import numpy as np
 
 from duplexd.audio.frames import ASR_SAMPLE_RATE
 from duplexd.audio.pcm import Float32Array, Int16Array
+from duplexd.priority import lower_thread_priority
 
 __all__ = ["ASREngine", "StreamingTranscriber", "Transcript"]
 
@@ -116,6 +117,7 @@ class StreamingTranscriber:
         partial_interval_ms: int | None = 500,
         prompt: str | None = None,
         max_queued_partials: int = 16,
+        nice: int = 0,
     ) -> None:
         if partial_interval_ms is not None and partial_interval_ms <= 0:
             raise ValueError("partial_interval_ms must be positive (None disables partials)")
@@ -130,7 +132,11 @@ class StreamingTranscriber:
         self._interval: int | None = None
         if partial_interval_ms is not None:
             self._interval = engine.sample_rate * partial_interval_ms // 1000
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode")
+        # `nice`: the decode thread's CPU priority below its creator's (duplexd.priority)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="asr-decode",
+            initializer=lower_thread_priority, initargs=(nice,),
+        )  # fmt: skip
         self._tasks: set[asyncio.Task[Transcript]] = set()
         self._closed = False
         self._generation = 0  # bumped by reset(): results of older decodes are ignored

@@ -121,11 +121,12 @@ class FakeTranscriber:
 
     async def peek_final(self) -> Transcript:
         """The text the next commit will return, if nothing changes (a speculative final)."""
-        if self.calls[-1:] != ["begin_final"]:
+        if [c for c in self.calls if c != "peek_final"][-1:] != ["begin_final"]:
             raise RuntimeError("no speculative final is running")
         self.calls.append("peek_final")
+        since = len(self.calls)
         await asyncio.sleep(0)
-        if "cancel" in self.calls[-2:] or "reset" in self.calls[-2:]:
+        if {"cancel", "reset"} & set(self.calls[since:]):
             raise RuntimeError("the speculative final was abandoned")
         return Transcript(self.texts[0] if self.texts else "", "en", True, self.fed_ms, 1.0)
 

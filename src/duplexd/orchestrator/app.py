@@ -25,6 +25,7 @@ from duplexd.orchestrator.routing import RoutingPolicy
 from duplexd.orchestrator.server import OrchestratorServer
 from duplexd.orchestrator.session import SessionDeps
 from duplexd.orchestrator.telemetry import OrchTelemetry
+from duplexd.priority import run_at_lower_priority
 
 __all__ = ["run_orchestrator"]
 
@@ -43,8 +44,8 @@ async def run_orchestrator(
             name: mode.model_copy(update={"prefer_resident": cfg.routing.prefer_resident})
             for name, mode in policy.modes.items()
         }})  # fmt: skip
-    asr = await asyncio.to_thread(
-        create_asr, cfg.asr.engine, cfg.asr.model, device=cfg.asr.device,
+    asr = await run_at_lower_priority(
+        cfg.asr.nice, create_asr, cfg.asr.engine, cfg.asr.model, device=cfg.asr.device,
         compute_type=cfg.asr.compute_type, cpu_threads=cfg.asr.threads, language=cfg.asr.language,
         **({"short_form": cfg.asr.short_form} if cfg.asr.engine == "faster-whisper" else {}),
     )  # fmt: skip

@@ -163,7 +163,7 @@ class SessionDeps:
             telemetry=telemetry,
             vad=lambda: create_vad(cfg.vad.engine, params),
             transcriber=lambda: StreamingTranscriber(
-                asr, partial_interval_ms=cfg.asr.partial_interval_ms
+                asr, partial_interval_ms=cfg.asr.partial_interval_ms, nice=cfg.asr.nice
             ),
             responder=responders(cfg),
             recorder=(lambda sid, rate: Recorder(record_dir, sid, rate)) if record_dir else None,

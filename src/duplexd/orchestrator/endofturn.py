@@ -12,6 +12,14 @@ silence ask; complete above `threshold` → the turn ends now; otherwise keep li
 again every `reask_ms`, ending at `max_silence_ms` whatever it says. Resumed speech cancels all
 of it. `silence` is the baseline: the turn ends after `end_of_turn_silence_ms`.
 
+The model hears intonation, not grammar, and a speaker who pauses mid-sentence often sounds
+finished to it ("I'd like to book a table for …" scores 0.95 with a Piper voice). So a
+"complete" is also checked against the speculative transcript (`turn.transcript_check`):
+a sentence does not end in an article, a preposition, a conjunction, or a copula after a noun
+("my favourite colour is"), unless it is a question. `dangling` says so; the listener then
+keeps listening as if the model had said "not done". A wrong call here costs latency (the
+next question to the model, at worst the maximum silence), never a cut-in.
+
 A missing or corrupt model never crashes the orchestrator: `load_end_of_turn` says which file
 and why, and the daemon falls back to the silence rule with that warning in `/status` and the
 log (app.py).
@@ -39,6 +47,7 @@ __all__ = [
     "EndOfTurnUnavailable",
     "SmartTurn",
     "bundled_model",
+    "dangling",
     "load_end_of_turn",
 ]
 
@@ -139,6 +148,38 @@ class SmartTurn:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _word_set(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+# Words a finished English sentence does not end with (statements; questions end in "?").
+# Deliberately short: particles that also end phrasal verbs ("come in", "hold on") stay in
+# only where stopping there reads as unfinished far more often than not.
+_DANGLING = _word_set("""a an the my your our their its every and or but nor because
+    although though unless than whether of for to at in on with from into onto about towards
+    during between""")
+# A copula or auxiliary at the end is finished only after a pronoun ("yes, it is", "here you
+# are"); after a noun it waits for its complement ("my favourite colour is").
+_AUXILIARIES = _word_set("is are was were am be will would can could should has have had")
+_PRONOUNS = _word_set("i you he she it we they there that this who which what here so")
+
+
+def dangling(text: str) -> bool:
+    """Whether `text` (a transcript) stops where a sentence cannot end: a last word that
+    leaves the sentence unfinished, and not a question or exclamation."""
+    stripped = text.strip()
+    if not stripped or stripped.endswith(("?", "!")):
+        return False
+    words = ["".join(c for c in w.lower() if c.isalpha() or c == "'") for w in stripped.split()]
+    words = [w for w in words if w]
+    if not words:
+        return False
+    last = words[-1]
+    if last in _DANGLING:
+        return True
+    return last in _AUXILIARIES and len(words) > 1 and words[-2] not in _PRONOUNS
 
 
 def load_end_of_turn(

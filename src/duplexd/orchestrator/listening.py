@@ -5,13 +5,15 @@ Per 20 ms frame: resample to 16 kHz, keep a pre-roll (the VAD knows about speech
 the first word's attack survives), run the VAD, and while the user speaks feed the
 transcriber, keep the turn's audio (for the end-of-turn model) and count silence.
 
-End of turn: at the first silent windows after speech (`SPECULATE_AFTER_MS`) the final decode
+End of turn: at the first silent windows after speech (`turn.speculate_after_ms`) the final decode
 starts speculatively, the trailing silence is held back and `on_pause` tells the session (which
 may start a speculative reply). Then either
 - `silence` rule: the turn ends after `end_of_turn_silence_ms`; or
 - Smart Turn (endofturn.py): at `smart_turn_ask_after_ms` the model is asked; "complete" ends
-  the turn at once, "not done" keeps listening (and `on_not_done` tells the session) and asks
-  again every `smart_turn_reask_ms`; at `smart_turn_max_silence_ms` the turn ends anyway.
+  the turn at once unless the speculative transcript stops mid-sentence (`transcript_check`,
+  `endofturn.dangling`: then it keeps listening); "not done" keeps listening (and
+  `on_not_done` tells the session). It asks again every `smart_turn_reask_ms`; at
+  `smart_turn_max_silence_ms` the turn ends anyway.
 If the user speaks again, all of it is dropped: the speculative final, any decision in flight
 (a generation counter), and `on_resume` tells the session; the held silence is fed as audio.
 
@@ -35,15 +37,14 @@ from duplexd.audio.resample import StreamResampler
 from duplexd.config import OrchestratorConfig
 from duplexd.logging import get_logger
 from duplexd.orchestrator.deps import Clock, Transcriber, Vad
-from duplexd.orchestrator.endofturn import MAX_AUDIO_S, EndOfTurn
+from duplexd.orchestrator.endofturn import MAX_AUDIO_S, EndOfTurn, dangling
 from duplexd.orchestrator.telemetry import OrchTelemetry
 from duplexd.orchestrator.turn import TurnTimes
 
-__all__ = ["PREROLL_MS", "PREROLL_PAD_MS", "SPECULATE_AFTER_MS", "Listener"]
+__all__ = ["PREROLL_MS", "PREROLL_PAD_MS", "Listener"]
 
 log = get_logger("duplexd.orchestrator.listening")
 
-SPECULATE_AFTER_MS = 64  # two Silero windows of silence: start the final decode
 PREROLL_MS = 800  # audio kept before a VAD onset (onset is detected after speech starts)
 PREROLL_PAD_MS = 200  # fed from before the VAD's speech start: the first word's attack
 
@@ -179,7 +180,7 @@ class Listener:
             self._holding.append(x)
         else:
             self.transcriber.feed(x)
-            if self._silence_ms >= SPECULATE_AFTER_MS:
+            if self._silence_ms >= self.cfg.turn.speculate_after_ms:
                 self.transcriber.begin_final()
                 self._holding = []
                 self.on_pause()
@@ -220,10 +221,34 @@ class Listener:
         self.last_decision_ms = decision.model_ms
         if generation != self._generation or not self.user_speaking:
             return  # the user spoke again meanwhile (or the turn ended by max silence)
+        if decision.complete and self.cfg.turn.transcript_check:
+            if await self._dangling(generation):
+                return  # keep listening: asked again after reask_ms, or max silence ends it
+            if generation != self._generation or not self.user_speaking:
+                return
         if decision.complete:
             self._end(self.clock(), "model")
         else:
             self.on_not_done()
+
+    async def _dangling(self, generation: int) -> bool:
+        """The model says complete: does the speculative transcript stop mid-sentence? (It
+        has been decoding since the pause, so this rarely waits; the reply needs it anyway.)"""
+        if self._holding is None:
+            return False
+        self._deciding = True  # no new question to the model while we read the transcript
+        try:
+            text = (await self.transcriber.peek_final()).text
+        except RuntimeError:
+            return True  # the user went on: that speculative final is gone
+        finally:
+            self._deciding = False
+        if generation != self._generation or not dangling(text):
+            return False
+        if self.telemetry is not None:
+            self.telemetry.c_eot.labels("overruled").inc()
+        log.debug("end of turn overruled: the transcript stops mid-sentence", text=text)
+        return True
 
     def _end(self, now: float, by: str) -> None:
         self.user_speaking = False

@@ -27,7 +27,7 @@ class OrchTelemetry:
         self.c_errors = counter(r, "duplex_orch_errors", "errors sent to clients", ["code"])
         self.c_eot = counter(
             r, "duplex_orch_end_of_turn_decisions", "end-of-turn model decisions", ["result"]
-        )  # result: complete | incomplete | error
+        )  # result: complete | incomplete | overruled (by the transcript) | error
         self.h_eot = histogram_ms(
             r, "duplex_orch_end_of_turn_model_ms", "end-of-turn model time per decision"
         )

@@ -1,0 +1,45 @@
+"""CPU priority of threads doing bulk work, so that latency-critical work goes first.
+
+Linux gives every thread its own nice value, and a new thread starts with its creator's. The
+orchestrator runs its ASR `asr.nice` steps below everything else: the model is loaded from a
+thread at that priority, so CTranslate2's compute threads (started by the loading thread) are
+at it too, and each session's decode thread lowers itself. Under load the end-of-turn model,
+the event loop (VAD, network) and the replies get the cores first; the ASR takes the rest.
+Raising a nice value needs no privilege. Where threads have no nice value of their own (not
+Linux) this does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+__all__ = ["lower_thread_priority", "run_at_lower_priority"]
+
+T = TypeVar("T")
+
+
+def lower_thread_priority(increment: int) -> bool:
+    """Lower the calling thread's CPU priority by `increment` nice steps (0: no change).
+    False where it cannot (not Linux, or refused)."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + increment))
+    except OSError:
+        return False
+    return True
+
+
+async def run_at_lower_priority(increment: int, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """Run blocking `fn` on a fresh thread `increment` nice steps down: the threads it starts
+    (a model's compute pool) keep that priority after it returns."""
+    with ThreadPoolExecutor(1, "low-priority", lower_thread_priority, (increment,)) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args, **kw))
