@@ -250,10 +250,11 @@ class AsrConfig(_Section):
     threads: int = Field(2, ge=0, description="decoder CPU threads (0 = engine default)")
     partial_interval_ms: int = Field(500, ge=100, description="partial transcript cadence")
     device: str = Field("cpu", description="cpu | cuda")
-    nice: int = Field(
-        5, ge=0, le=19,
-        description="CPU priority of the ASR below the rest of the orchestrator (Linux nice "
-        "steps; 0 = same): under load the end-of-turn model, VAD and replies go first",
+    partials_nice: int = Field(
+        10, ge=0, le=19,
+        description="partial (caption) decodes run on a second copy of the model this many "
+        "Linux nice steps down, so a final never waits behind one and takes the CPU first "
+        "(0 = one model for both, no second copy)",
     )  # fmt: skip
     short_form: bool = Field(
         True,
@@ -293,7 +294,7 @@ class TurnConfig(_Section):
         200, ge=40, description="silence before the model is first asked"
     )
     smart_turn_reask_ms: int = Field(
-        200, ge=20, description="when it says 'not done', ask again after this much more silence"
+        100, ge=20, description="when it says 'not done', ask again after this much more silence"
     )
     smart_turn_max_silence_ms: int = Field(
         900, ge=100, description="the turn ends after this much silence, whatever the model says"

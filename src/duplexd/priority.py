@@ -5,7 +5,9 @@ orchestrator runs its ASR `asr.nice` steps below everything else: the model is l
 thread at that priority, so CTranslate2's compute threads (started by the loading thread) are
 at it too, and each session's decode thread lowers itself. Under load the end-of-turn model,
 the event loop (VAD, network) and the replies get the cores first; the ASR takes the rest.
-Raising a nice value needs no privilege. Where threads have no nice value of their own (not
+The end-of-turn model's decision threads ask for a higher priority (`raise_thread_priority`),
+which the OS grants only to root or with CAP_SYS_NICE; elsewhere they stay level with the rest.
+Lowering a priority needs no privilege. Where threads have no nice value of their own (not
 Linux) this does nothing.
 """
 
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["lower_thread_priority", "run_at_lower_priority"]
+__all__ = ["lower_thread_priority", "raise_thread_priority", "run_at_lower_priority"]
 
 T = TypeVar("T")
 
@@ -27,12 +29,22 @@ T = TypeVar("T")
 def lower_thread_priority(increment: int) -> bool:
     """Lower the calling thread's CPU priority by `increment` nice steps (0: no change).
     False where it cannot (not Linux, or refused)."""
-    if increment <= 0 or not sys.platform.startswith("linux"):
+    return increment > 0 and _renice(increment)
+
+
+def raise_thread_priority(steps: int) -> bool:
+    """Raise the calling thread's CPU priority by `steps` nice steps, where the OS allows it
+    (root, CAP_SYS_NICE or RLIMIT_NICE); False, and no change, where it does not."""
+    return steps > 0 and _renice(-steps)
+
+
+def _renice(delta: int) -> bool:
+    if not sys.platform.startswith("linux"):
         return False
     tid = threading.get_native_id()
     try:
         now = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + increment))
+        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, now + delta)))
     except OSError:
         return False
     return True

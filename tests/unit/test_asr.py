@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from duplexd.asr import ENGINES, StreamingTranscriber, create_asr
+from duplexd.asr import ENGINES, StreamingTranscriber, Transcript, create_asr
 from duplexd.asr.faster_whisper import (
     FasterWhisperASR,
     assemble_split_model,
@@ -130,6 +131,40 @@ async def test_a_partial_covering_everything_becomes_the_final(asr: FasterWhispe
         assert st.decodes == 1
         assert st.partials.empty()  # promoted, so not also published as a partial
     assert word_error_rate(SENTENCE, result.text) <= 0.25, result.text
+
+
+class _Recorded(FasterWhisperASR):
+    """The real engine, noting which thread ran each decode and when it started and ended."""
+
+    def __init__(self, log: list[tuple[str, str, float, float]], tag: str) -> None:
+        super().__init__("tiny.en", cpu_threads=1)
+        self.log, self.tag = log, tag
+
+    def transcribe(self, pcm16: np.ndarray, *, prompt: str | None = None) -> Transcript:
+        started = time.perf_counter()
+        try:
+            return super().transcribe(pcm16, prompt=prompt)
+        finally:
+            self.log.append((self.tag, threading.current_thread().name, started,
+                             time.perf_counter()))  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_final_does_not_wait_behind_a_partial_on_its_own_engine() -> None:
+    log: list[tuple[str, str, float, float]] = []
+    finals, captions = _Recorded(log, "final"), _Recorded(log, "partial")
+    async with StreamingTranscriber(finals, partial_interval_ms=500, partial_engine=captions) as st:
+        st.feed(said(LONG_SENTENCE)[:16_000])  # a partial over this first second starts
+        st.feed(said(LONG_SENTENCE)[16_000:])  # more audio: that partial cannot be the final
+        result = await st.commit()
+        await asyncio.sleep(0)
+    assert word_error_rate(LONG_SENTENCE, result.text) <= 0.25, result.text
+    partial = next(entry for entry in log if entry[0] == "partial")
+    final = next(entry for entry in log if entry[0] == "final")
+    assert partial[1].startswith("asr-decode-partial") and not final[1].startswith(
+        "asr-decode-partial"
+    )
+    assert final[2] < partial[3]  # the final started while the partial was still decoding
 
 
 @pytest.mark.asyncio

@@ -62,6 +62,8 @@ def test_the_silence_rule_needs_no_model() -> None:
         ("My favourite colour is.", True),  # a copula after a noun waits for its complement
         ("The train to London leaves at", True),
         ("Salt and", True),
+        ("Is it going to?", True),  # a rising fragment Whisper punctuates as a question
+        ("Can you tell me about the?", True),
         ("Yes, it is.", False),  # ... after a pronoun it is an answer
         ("Here you are.", False),
         ("What are you looking for?", False),  # a question may end in a preposition

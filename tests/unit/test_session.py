@@ -300,7 +300,7 @@ async def test_speculation_is_dropped_when_the_user_goes_on(rig_factory: Make) -
 
 
 async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Make) -> None:
-    model = FakeEndOfTurn([False, True])  # "not done" at 200 ms, "complete" at 400 ms
+    model = FakeEndOfTurn([False, True])  # "not done" at 200 ms, "complete" at 300 ms
     rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
     start = rig.now_ms
     rig.vad.speak(start, start + 300)
@@ -312,7 +312,7 @@ async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Mak
             break
     await rig.until(lambda: bool(rig.events("turn")))
     await rig.settle()
-    assert len(model.asked_ms) == 2  # asked, told "not done", asked again 200 ms later
+    assert len(model.asked_ms) == 2  # asked, told "not done", asked again reask_ms later
     latency = rig.events("latency")[0]
     assert latency["end_of_turn"] == "model" and latency["eot_model_ms"] == 1.0
     assert latency["speculations_discarded"] == 1  # "not done" dropped the first speculation

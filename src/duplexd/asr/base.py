@@ -10,14 +10,16 @@ cores) whether the utterance is 1 s or 5 s long. End-of-turn latency is therefor
 - a speculative final decode the caller starts the moment VAD reports silence
   (`begin_final`), overlapping the endpoint timeout, then `commit()` (reuse it) or
   `cancel()` (the user went on talking);
-- all decodes run on one worker thread owned by the transcriber, so the event loop never
-  blocks and decodes never compete with each other for the same cores.
+- decodes run on the transcriber's own threads (one for finals, one for partials), so the
+  event loop never blocks; with a second, lower-priority copy of the model for partials
+  (`partial_engine`), the final that the reply waits for never queues behind a caption.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,6 @@ import numpy as np
 
 from duplexd.audio.frames import ASR_SAMPLE_RATE
 from duplexd.audio.pcm import Float32Array, Int16Array
-from duplexd.priority import lower_thread_priority
 
 __all__ = ["ASREngine", "StreamingTranscriber", "Transcript"]
 
@@ -105,9 +106,11 @@ class StreamingTranscriber:
     A decode that is already running cannot be interrupted (CTranslate2 and torch have no
     cancel), so `begin_final` handles an in-flight partial like this: if it covers every
     sample fed so far, it *becomes* the final (no extra decode); otherwise its result is
-    dropped and the final decode is queued right behind it. The final therefore waits for
-    at most one partial, never for a backlog: partials are skipped, not queued, while a
-    decode is in flight.
+    dropped and the final decode starts on its own thread. With `partial_engine` (a second
+    copy of the model, loaded at a lower CPU priority: duplexd.priority) the final never
+    waits for the partial and takes the CPU first; with one engine for both, the engine
+    runs them in turn, so the final waits for at most one partial. Partials are skipped, not
+    queued, while one is in flight.
     """
 
     def __init__(
@@ -117,11 +120,12 @@ class StreamingTranscriber:
         partial_interval_ms: int | None = 500,
         prompt: str | None = None,
         max_queued_partials: int = 16,
-        nice: int = 0,
+        partial_engine: ASREngine | None = None,
     ) -> None:
         if partial_interval_ms is not None and partial_interval_ms <= 0:
             raise ValueError("partial_interval_ms must be positive (None disables partials)")
         self.engine = engine
+        self.partial_engine = partial_engine or engine
         self.partial_interval_ms = partial_interval_ms
         self.prompt = prompt
         self.partials: asyncio.Queue[Transcript] = asyncio.Queue(max_queued_partials)
@@ -132,11 +136,15 @@ class StreamingTranscriber:
         self._interval: int | None = None
         if partial_interval_ms is not None:
             self._interval = engine.sample_rate * partial_interval_ms // 1000
-        # `nice`: the decode thread's CPU priority below its creator's (duplexd.priority)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="asr-decode",
-            initializer=lower_thread_priority, initargs=(nice,),
-        )  # fmt: skip
+        # With a partial engine, finals and partials run on threads of their own (a final never
+        # queues behind a partial); one engine for both runs them in turn on one thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode")
+        self._partial_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode-partial")
+            if partial_engine is not None
+            else self._executor
+        )
+        self._count_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Transcript]] = set()
         self._closed = False
         self._generation = 0  # bumped by reset(): results of older decodes are ignored
@@ -233,9 +241,11 @@ class StreamingTranscriber:
         self._closed = True
         self._reset_utterance()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        # The executor has one thread and runs in order: once this no-op ran, nothing runs.
-        await asyncio.get_running_loop().run_in_executor(self._executor, _noop)
-        self._executor.shutdown(wait=True)  # joins an idle thread: microseconds
+        # Each executor has one thread and runs in order: once this no-op ran, nothing runs.
+        loop = asyncio.get_running_loop()
+        for executor in {self._executor, self._partial_executor}:
+            await loop.run_in_executor(executor, _noop)
+            executor.shutdown(wait=True)  # joins an idle thread: microseconds
 
     async def __aenter__(self) -> StreamingTranscriber:
         return self
@@ -270,7 +280,7 @@ class StreamingTranscriber:
         due = self._interval is not None and new > 0 and new >= self._interval
         if due and self._partial is None and self._final is None and not self._closed:
             self._partial_from = self._total
-            self._partial = self._start_decode(self._total)
+            self._partial = self._start_decode(self._total, partial=True)
             generation = self._generation
             self._partial.task.add_done_callback(
                 lambda task: self._on_partial_done(task, generation)
@@ -294,12 +304,12 @@ class StreamingTranscriber:
             self.partials.get_nowait()  # the newest partial is the one worth keeping
         self.partials.put_nowait(transcript)
 
-    def _start_decode(self, samples: int) -> _Decode:
+    def _start_decode(self, samples: int, *, partial: bool = False) -> _Decode:
         if len(self._chunks) > 1:  # compact, so later snapshots are views, not copies
             self._chunks = [np.concatenate(self._chunks)]
         audio = self._chunks[0][:samples]
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run_decode(audio), name="asr-decode")
+        task = loop.create_task(self._run_decode(audio, partial), name="asr-decode")
         self._tasks.add(task)
         task.add_done_callback(self._forget)
         return _Decode(task, samples)
@@ -311,13 +321,18 @@ class StreamingTranscriber:
         if not task.cancelled() and task.exception() is not None:
             log.debug("ASR decode failed", exc_info=task.exception())
 
-    async def _run_decode(self, audio: PCM16) -> Transcript:
+    async def _run_decode(self, audio: PCM16, partial: bool) -> Transcript:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._decode_blocking, audio)
+        executor, engine = (
+            (self._partial_executor, self.partial_engine) if partial
+            else (self._executor, self.engine)
+        )  # fmt: skip
+        return await loop.run_in_executor(executor, self._decode_blocking, engine, audio)
 
-    def _decode_blocking(self, audio: PCM16) -> Transcript:
-        self.decodes += 1
-        return self.engine.transcribe(audio, prompt=self.prompt)
+    def _decode_blocking(self, engine: ASREngine, audio: PCM16) -> Transcript:
+        with self._count_lock:
+            self.decodes += 1
+        return engine.transcribe(audio, prompt=self.prompt)
 
 
 def _noop() -> None:

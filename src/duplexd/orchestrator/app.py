@@ -12,6 +12,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -44,11 +45,19 @@ async def run_orchestrator(
             name: mode.model_copy(update={"prefer_resident": cfg.routing.prefer_resident})
             for name, mode in policy.modes.items()
         }})  # fmt: skip
-    asr = await run_at_lower_priority(
-        cfg.asr.nice, create_asr, cfg.asr.engine, cfg.asr.model, device=cfg.asr.device,
-        compute_type=cfg.asr.compute_type, cpu_threads=cfg.asr.threads, language=cfg.asr.language,
+    asr_args = (cfg.asr.engine, cfg.asr.model)
+    asr_opts: dict[str, Any] = dict(
+        device=cfg.asr.device, compute_type=cfg.asr.compute_type, cpu_threads=cfg.asr.threads,
+        language=cfg.asr.language,
         **({"short_form": cfg.asr.short_form} if cfg.asr.engine == "faster-whisper" else {}),
     )  # fmt: skip
+    asr = await asyncio.to_thread(create_asr, *asr_args, **asr_opts)
+    # Captions on a second copy of the model, below the final's priority (config: asr.*)
+    partial_asr = None
+    if cfg.asr.partials_nice > 0:
+        partial_asr = await run_at_lower_priority(
+            cfg.asr.partials_nice, create_asr, *asr_args, **asr_opts
+        )
     registry = _registry(cfg)
     await registry.start()
     turn = cfg.turn
@@ -56,7 +65,9 @@ async def run_orchestrator(
     end_of_turn, eot_warning = await asyncio.to_thread(
         load_end_of_turn, turn.end_of_turn, model, threshold=turn.smart_turn_threshold
     )
-    deps = SessionDeps.production(cfg, asr, registry, policy, OrchTelemetry(), end_of_turn)
+    deps = SessionDeps.production(
+        cfg, asr, registry, policy, OrchTelemetry(), end_of_turn, partial_asr=partial_asr
+    )
     if eot_warning:
         deps.warnings.append(eot_warning)
     server = OrchestratorServer(deps)

@@ -147,8 +147,11 @@ class SessionDeps:
         policy: RoutingPolicy,
         telemetry: OrchTelemetry,
         end_of_turn: EndOfTurn | None = None,
+        *,
+        partial_asr: ASREngine | None = None,
     ) -> SessionDeps:
-        """The daemon's wiring: real VAD, Whisper transcriber, responders and recorder."""
+        """The daemon's wiring: real VAD, Whisper transcriber (`partial_asr`: the model copy
+        for captions, at a lower priority), responders and recorder."""
         cfg = config
         params = VADParams(
             threshold=cfg.vad.threshold, min_speech_ms=cfg.vad.min_speech_ms,
@@ -163,7 +166,7 @@ class SessionDeps:
             telemetry=telemetry,
             vad=lambda: create_vad(cfg.vad.engine, params),
             transcriber=lambda: StreamingTranscriber(
-                asr, partial_interval_ms=cfg.asr.partial_interval_ms, nice=cfg.asr.nice
+                asr, partial_interval_ms=cfg.asr.partial_interval_ms, partial_engine=partial_asr
             ),
             responder=responders(cfg),
             recorder=(lambda sid, rate: Recorder(record_dir, sid, rate)) if record_dir else None,

@@ -39,6 +39,7 @@ import numpy as np
 from duplexd.audio.pcm import Int16Array
 from duplexd.errors import ConfigError
 from duplexd.logging import get_logger
+from duplexd.priority import raise_thread_priority
 
 __all__ = [
     "MAX_AUDIO_S",
@@ -53,6 +54,7 @@ __all__ = [
 
 log = get_logger("duplexd.orchestrator.endofturn")
 
+DECISION_PRIORITY = 5  # nice steps above the rest for decision threads, where the OS allows
 MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)
 _RATE = 16_000
 _BUNDLED = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
@@ -126,8 +128,12 @@ class SmartTurn:
             raise EndOfTurnUnavailable(
                 f"end-of-turn model {model} could not be loaded: {type(exc).__name__}: {exc}"
             ) from None
-        # Decisions run here: one at a time per thread, sessions share the pool.
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="end-of-turn")
+        # Decisions run here: one at a time per thread, sessions share the pool. A decision is
+        # short and someone waits on it: its threads ask to go before bulk work (ASR, synthesis).
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="end-of-turn",
+            initializer=raise_thread_priority, initargs=(DECISION_PRIORITY,),
+        )  # fmt: skip
 
     async def decide(self, audio: Int16Array) -> Decision:
         loop = asyncio.get_running_loop()
@@ -154,12 +160,14 @@ def _word_set(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
 
-# Words a finished English sentence does not end with (statements; questions end in "?").
-# Deliberately short: particles that also end phrasal verbs ("come in", "hold on") stay in
-# only where stopping there reads as unfinished far more often than not.
-_DANGLING = _word_set("""a an the my your our their its every and or but nor because
-    although though unless than whether of for to at in on with from into onto about towards
-    during between""")
+# Words no sentence ends with, question or not (Whisper often hears a rising fragment as a
+# question: "Is it going to?"): articles, possessive determiners, conjunctions, "to".
+_NEVER_LAST = _word_set("""a an the my your our their its every and or but nor because
+    although though unless than whether to""")
+# Prepositions: a question may end in one ("what are you looking for?"), a statement does not.
+# Particles that also end phrasal verbs ("come in", "hold on") are kept: a pause there reads as
+# unfinished far more often than not, and a wrong call costs latency, not a cut-in.
+_PREPOSITIONS = _word_set("of for at in on with from into onto about towards during between")
 # A copula or auxiliary at the end is finished only after a pronoun ("yes, it is", "here you
 # are"); after a noun it waits for its complement ("my favourite colour is").
 _AUXILIARIES = _word_set("is are was were am be will would can could should has have had")
@@ -167,17 +175,20 @@ _PRONOUNS = _word_set("i you he she it we they there that this who which what he
 
 
 def dangling(text: str) -> bool:
-    """Whether `text` (a transcript) stops where a sentence cannot end: a last word that
-    leaves the sentence unfinished, and not a question or exclamation."""
+    """Whether `text` (a transcript) stops where a sentence cannot end: an article, a
+    determiner, a conjunction or "to"; a preposition ending a statement; a copula after a
+    noun."""
     stripped = text.strip()
-    if not stripped or stripped.endswith(("?", "!")):
-        return False
     words = ["".join(c for c in w.lower() if c.isalpha() or c == "'") for w in stripped.split()]
     words = [w for w in words if w]
     if not words:
         return False
-    last = words[-1]
-    if last in _DANGLING:
+    last, question = words[-1], stripped.endswith(("?", "!"))
+    if last in _NEVER_LAST:
+        return True
+    if question:
+        return False
+    if last in _PREPOSITIONS:
         return True
     return last in _AUXILIARIES and len(words) > 1 and words[-2] not in _PRONOUNS
 
