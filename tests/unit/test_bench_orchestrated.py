@@ -27,6 +27,7 @@ KEYS = [
     "bargein.client_silent_ms.p95", "bargein.speech_to_vad_ms.p50",
     "e2e.smart-turn.turns", "e2e.smart-turn.turn_ms.p50", "e2e.smart-turn.turn_ms.p95",
     "e2e.smart-turn.stages.asr.p50", "e2e.smart-turn.false_cut_in_pct",
+    "e2e.smart-turn.ended_early_pct",
     "e2e.smart-turn.eot_loaded_ms.p95", "e2e.silence.turn_ms.p50", "e2e.silence.false_cut_in_pct",
     "opus.codec_ms_per_frame.p95", "opus.bytes_per_s", "opus.cpu_ms_per_audio_s",
 ]  # fmt: skip

@@ -13,7 +13,9 @@ Two sets: complete questions in one conversation (the client figure is the end o
 question's last frame → the first reply frame received; stages from the `latency` event), and
 the mid-sentence-pause set: the start of a sentence, a 400 ms pause where it is clearly
 unfinished, then the rest, each in a fresh conversation; a false cut-in is reply audio that
-arrives before the user finished. Then 8 sessions speak at once to load the end-of-turn model:
+arrives before the user finished, and a turn that ended inside the pause is counted beside it
+even when its reply was stopped before any audio (the sentence was split in two turns).
+Then 8 sessions speak at once to load the end-of-turn model:
 its decision time (features + inference, from the `latency` events) is reported at p95.
 """
 
@@ -124,7 +126,7 @@ async def _questions(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
 
 
 async def _paused(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
-    cut_ins = 0
+    cut_ins = early_ends = 0
     for i in range(n):
         start, rest = PAUSED[i % len(PAUSED)]
         pcm = concat(
@@ -144,8 +146,15 @@ async def _paused(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
         spoken_end = result.utterances[-1][1] if result.utterances else None
         early = [t for t, _ in result.audio_log if spoken_end is not None and t < spoken_end]
         cut_ins += bool(early)
+        # the turn ended inside the pause (a final transcript before the user finished), even
+        # if its reply was stopped before any audio: the sentence was split in two turns
+        early_ends += any(e["type"] == "transcript" and e.get("final") and spoken_end is not None
+                          and e["t_ms"] < spoken_end for e in result.events)  # fmt: skip
         ctx.current.step()
-    return {"paused": n, "false_cut_ins": cut_ins, "false_cut_in_pct": round(100 * cut_ins / n, 1)}
+    return {
+        "paused": n, "false_cut_ins": cut_ins, "false_cut_in_pct": round(100 * cut_ins / n, 1),
+        "ended_early": early_ends, "ended_early_pct": round(100 * early_ends / n, 1),
+    }  # fmt: skip
 
 
 async def _loaded(ctx: BenchContext, addr: str, rounds: int) -> list[float]:
@@ -204,6 +213,9 @@ def rows(result: dict[str, Any]) -> list[Row]:
         out.append(Row(f"[{rule}] false cut-ins, mid-sentence {PAUSE_MS} ms pauses",
                        f"{r['false_cut_ins']}/{r['paused']} ({r['false_cut_in_pct']} %)",
                        key=f"e2e.{rule}.false_cut_in_pct"))  # fmt: skip
+        if "ended_early" in r:
+            split = f"{r['ended_early']}/{r['paused']} ({r['ended_early_pct']} %)"
+            out.append(Row(f"[{rule}]   turns ended inside the pause (heard or not)", split))
         out.append(Row(f"[{rule}] speculative replies used / discarded",
                        f"{r['speculative_turns']} / {r['speculations_discarded']}"))  # fmt: skip
         if r.get("ended_by"):
