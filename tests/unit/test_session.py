@@ -76,6 +76,18 @@ class Rig:
     def events(self, kind: str) -> list[dict[str, object]]:
         return self.transport.of(kind)
 
+    async def say_then_pause(self, speech_ms: int, limit_ms: int = 1200) -> None:
+        """Speak, then stay silent one frame at a time, letting the end-of-turn model's
+        decisions land, until the turn ends (or `limit_ms` of silence)."""
+        self.vad.speak(self.now_ms, self.now_ms + speech_ms)
+        self.feed(speech_ms)
+        for _ in range(limit_ms // 20):
+            self.session.on_audio(FRAME)
+            await self.settle()
+            if self.events("turn") or not self.session.listener.user_speaking:
+                break
+        await self.until(lambda: bool(self.events("turn")))
+
 
 Make = Callable[..., Awaitable["Rig"]]
 
@@ -302,15 +314,7 @@ async def test_speculation_is_dropped_when_the_user_goes_on(rig_factory: Make) -
 async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Make) -> None:
     model = FakeEndOfTurn([False, True])  # "not done" at 200 ms, "complete" at 300 ms
     rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
-    start = rig.now_ms
-    rig.vad.speak(start, start + 300)
-    rig.feed(300)
-    for _ in range(25):  # silence, one frame at a time, letting decisions land
-        rig.session.on_audio(FRAME)
-        await rig.settle()
-        if rig.events("turn") or not rig.session.listener.user_speaking:
-            break
-    await rig.until(lambda: bool(rig.events("turn")))
+    await rig.say_then_pause(300)
     await rig.settle()
     assert len(model.asked_ms) == 2  # asked, told "not done", asked again reask_ms later
     latency = rig.events("latency")[0]
@@ -327,15 +331,7 @@ async def test_a_complete_that_stops_mid_sentence_keeps_listening(
     model = FakeEndOfTurn([True, True, True, True])  # the model always hears a finished voice
     rig = await rig_factory(texts=("I'd like to book a table for.",), speculate=True,
                             model=model, transcript_check=check)  # fmt: skip
-    start = rig.now_ms
-    rig.vad.speak(start, start + 300)
-    rig.feed(300)
-    for _ in range(60):  # silence, one frame at a time, letting decisions land
-        rig.session.on_audio(FRAME)
-        await rig.settle()
-        if rig.events("turn") or not rig.session.listener.user_speaking:
-            break
-    await rig.until(lambda: bool(rig.events("turn")))
+    await rig.say_then_pause(300)
     latency = rig.events("latency")[0]
     overruled = rig.session.deps.telemetry.c_eot.labels("overruled")._value.get()
     if check:  # each "complete" overruled by the transcript: the maximum silence ends it
