@@ -9,15 +9,11 @@ are checked with Whisper tiny.en. Timings are the bench's business (`--suite plu
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
-import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("livekit.agents", reason="the livekit extra is not installed")
 
@@ -31,11 +27,11 @@ from livekit.agents import (
 )
 from livekit.agents import tts as lk_tts
 from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities
+from plugin_support import ESPEAK, LONG, PIPER, SENTENCE, frames_sent, heard, import_without, metric
 
 from duplex_plugins._worker import StopReport
 from duplex_plugins.livekit import TTS
 from duplexd.asr.faster_whisper import FasterWhisperASR
-from duplexd.audio.resample import resample_once
 from duplexd.devkit.procs import DaemonProc
 from duplexd.devkit.speech import word_error_rate
 from duplexd.rpc import tts_pb2 as pb
@@ -44,34 +40,10 @@ from duplexd.rpc.client import TTSClient
 pytestmark = pytest.mark.integration
 
 
-_WITHOUT = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == {top!r} or name.startswith({top!r} + "."):
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, Block())
-import duplex_plugins  # the package alone never imports a framework
-assert not [m for m in sys.modules if m.startswith(("livekit.agents", "pipecat"))]
-try:
-    import duplex_plugins.{module}
-except ImportError as exc:
-    print(exc)
-"""
-
-PIPER, ESPEAK = "piper-en-us-joe", "espeak-en"
-SENTENCE = "Please turn on the lights in the kitchen and then close the door."
 SEGMENTS = (
     "The weather is lovely today.",
     "Your meeting starts in ten minutes.",
     "The train to Boston leaves at noon.",
-)
-LONG = " ".join(
-    [
-        "Once upon a time, in a small town by the sea, there lived a lighthouse keeper named Ada.",
-        "Every night she climbed the long stairs and lit the great lamp for the ships.",
-    ]
-    * 3
 )
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=10.0)
 
@@ -79,25 +51,6 @@ NO_RETRY = APIConnectOptions(max_retry=0, timeout=10.0)
 @pytest.fixture(scope="module")
 def asr() -> Iterator[FasterWhisperASR]:
     yield FasterWhisperASR("tiny.en", cpu_threads=2)
-
-
-def metric(worker: DaemonProc, name: str, **labels: str) -> float:
-    """A sample of the worker's own /metrics (0 when it has not been recorded yet)."""
-    text = httpx.get(f"http://127.0.0.1:{worker.info['metrics_port']}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
-def frames_sent(worker: DaemonProc, model: str = PIPER) -> int:
-    return int(metric(worker, "duplex_tts_frames_sent_total", model=model))
-
-
-def heard(asr: FasterWhisperASR, pcm: bytes) -> str:
-    samples = np.frombuffer(pcm, dtype=np.int16)
-    return asr.transcribe(resample_once(samples, 48_000, 16_000)).text
 
 
 def check_frames(events: list[lk_tts.SynthesizedAudio], worker_frames: int) -> bytes:
@@ -376,6 +329,5 @@ async def test_lists_the_workers_models(worker: DaemonProc) -> None:
 
 
 def test_without_the_extra_the_import_says_which_to_install() -> None:
-    code = _WITHOUT.format(top="livekit.agents", module="livekit")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "pip install 'duplex[livekit]'" in out.stdout, out.stdout + out.stderr
+    said = import_without("livekit.agents", "livekit")
+    assert "pip install 'duplex[livekit]'" in said, said

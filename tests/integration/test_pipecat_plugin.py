@@ -13,16 +13,12 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-import httpx
-import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("pipecat", reason="the pipecat extra is not installed")
 
@@ -42,11 +38,11 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.errors import ErrorCategory
 from pipecat.workers.runner import WorkerRunner
+from plugin_support import ESPEAK, LONG, PIPER, SENTENCE, frames_sent, heard, import_without, metric
 
 from duplex_plugins._worker import StopReport
 from duplex_plugins.pipecat import DuplexTTSService
 from duplexd.asr.faster_whisper import FasterWhisperASR
-from duplexd.audio.resample import resample_once
 from duplexd.devkit.procs import DaemonProc, daemon, free_port
 from duplexd.devkit.speech import word_error_rate
 from duplexd.rpc import tts_pb2 as pb
@@ -55,31 +51,7 @@ from duplexd.rpc.client import TTSClient
 pytestmark = pytest.mark.integration
 
 
-_WITHOUT = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == {top!r} or name.startswith({top!r} + "."):
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, Block())
-import duplex_plugins  # the package alone never imports a framework
-assert not [m for m in sys.modules if m.startswith(("livekit.agents", "pipecat"))]
-try:
-    import duplex_plugins.{module}
-except ImportError as exc:
-    print(exc)
-"""
-
-PIPER, ESPEAK = "piper-en-us-joe", "espeak-en"
 NAME = "w-plugins"
-SENTENCE = "Please turn on the lights in the kitchen and then close the door."
-LONG = " ".join(
-    [
-        "Once upon a time, in a small town by the sea, there lived a lighthouse keeper named Ada.",
-        "Every night she climbed the long stairs and lit the great lamp for the ships.",
-    ]
-    * 3
-)
 
 
 # -- a real worker, announced in a real Redis when there is one ------------------------------
@@ -129,20 +101,6 @@ def _wait_listening(port: int) -> None:
 @pytest.fixture(scope="module")
 def asr() -> Iterator[FasterWhisperASR]:
     yield FasterWhisperASR("tiny.en", cpu_threads=2)
-
-
-def metric(worker: DaemonProc, name: str, **labels: str) -> float:
-    """A sample of the worker's own /metrics (0 when it has not been recorded yet)."""
-    text = httpx.get(f"http://127.0.0.1:{worker.info['metrics_port']}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
-def frames_sent(worker: DaemonProc, model: str = PIPER) -> int:
-    return int(metric(worker, "duplex_tts_frames_sent_total", model=model))
 
 
 # -- a pipeline: the service, then a probe that records what comes out ---------------------
@@ -227,10 +185,6 @@ class Bot:
             lambda: any(isinstance(f, TTSStoppedFrame) for _, f in self.probe.down[start:])
         )
         return [f for _, f in self.probe.down[start:] if isinstance(f, TTSAudioRawFrame)]
-
-
-def heard(asr: FasterWhisperASR, pcm: bytes, rate: int = 48_000) -> str:
-    return asr.transcribe(resample_once(np.frombuffer(pcm, dtype=np.int16), rate, 16_000)).text
 
 
 # -- the tests ------------------------------------------------------------------------------
@@ -355,6 +309,5 @@ async def test_the_worker_is_found_in_the_fleet(fleet: Fleet) -> None:
 
 
 def test_without_the_extra_the_import_says_which_to_install() -> None:
-    code = _WITHOUT.format(top="pipecat", module="pipecat")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "pip install 'duplex[pipecat]'" in out.stdout, out.stdout + out.stderr
+    said = import_without("pipecat", "pipecat")
+    assert "pip install 'duplex[pipecat]'" in said, said

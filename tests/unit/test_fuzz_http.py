@@ -15,15 +15,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from duplexd.config import AuthConfig, OrchestratorConfig, WorkerEndpoint
-from duplexd.devkit.fakes import FakeTranscriber, FakeTTS, FakeVAD
-from duplexd.orchestrator.deps import SessionDeps, responders
-from duplexd.orchestrator.registry import StaticRegistry
-from duplexd.orchestrator.routing import RoutingPolicy
-from duplexd.orchestrator.server import OrchestratorServer
-from duplexd.orchestrator.telemetry import OrchTelemetry
+from duplexd.devkit.served import served_orchestrator
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio]
 
@@ -42,19 +37,8 @@ TYPES = ["application/sdp", "application/json", "text/plain", "", "multipart/for
 async def client() -> AsyncIterator[TestClient[Any, Any]]:
     cfg = OrchestratorConfig(auth=AuthConfig(api_key=KEY),
                              workers=[WorkerEndpoint(name="w0", addr="fake://w0")])  # fmt: skip
-    tts = FakeTTS("w0", frames_per_unit=2, frame_interval_s=0.0)
-    registry = StaticRegistry(cfg.workers, clients=lambda addr: tts)
-    await registry.refresh()
-    deps = SessionDeps(
-        config=cfg, registry=registry, policy=RoutingPolicy(), telemetry=OrchTelemetry(),
-        vad=FakeVAD, transcriber=FakeTranscriber, responder=responders(cfg),
-    )  # fmt: skip
-    server = OrchestratorServer(deps)
-    test_client = TestClient(TestServer(server.app))
-    await test_client.start_server()
-    yield test_client
-    await server.drain(0.5)
-    await test_client.close()
+    async with served_orchestrator(cfg) as (test_client, _):
+        yield test_client
 
 
 def _junk(rng: random.Random, n: int) -> str:

@@ -23,15 +23,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from duplexd.config import OrchestratorConfig, TransportConfig, WorkerEndpoint
-from duplexd.devkit.fakes import FakeTranscriber, FakeTTS, FakeVAD
-from duplexd.orchestrator.deps import SessionDeps, responders
-from duplexd.orchestrator.registry import StaticRegistry
-from duplexd.orchestrator.routing import RoutingPolicy
+from duplexd.devkit.served import served_orchestrator
 from duplexd.orchestrator.server import OrchestratorServer
-from duplexd.orchestrator.telemetry import OrchTelemetry
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -204,18 +200,8 @@ def _in_session(rng: random.Random) -> Case:
 async def served() -> AsyncIterator[tuple[TestClient[Any, Any], OrchestratorServer]]:
     cfg = OrchestratorConfig(transport=TransportConfig(webrtc=False),
                              workers=[WorkerEndpoint(name="w0", addr="fake://w0")])  # fmt: skip
-    tts = FakeTTS("w0", frames_per_unit=2, frame_interval_s=0.0)
-    registry = StaticRegistry(cfg.workers, clients=lambda addr: tts)
-    await registry.refresh()
-    deps = SessionDeps(
-        config=cfg, registry=registry, policy=RoutingPolicy(), telemetry=OrchTelemetry(),
-        vad=FakeVAD, transcriber=FakeTranscriber, responder=responders(cfg),
-    )  # fmt: skip
-    server = OrchestratorServer(deps)
-    client = TestClient(TestServer(server.app))
-    await client.start_server()
-    yield client, server
-    await client.close()
+    async with served_orchestrator(cfg) as pair:
+        yield pair
 
 
 async def _send(ws: Any, payload: str | bytes) -> None:

@@ -81,13 +81,7 @@ class OrchestratorServer:
         if (self.deps.config.auth.api_key is None or route is None  # None: a 404 follows
                 or route in OPEN_ROUTES or route in _OWN_AUTH):  # fmt: skip
             return await handler(request)
-        try:
-            check_key(self.deps.config.auth.api_key, key_from_metadata(request.headers.items()))
-        except AuthError as exc:
-            self.deps.telemetry.c_errors.labels("unauthenticated").inc()
-            raise web.HTTPUnauthorized(
-                text=f"{exc}\n", headers={"WWW-Authenticate": 'Bearer realm="duplex"'}
-            ) from None
+        self._check_key(request)
         return await handler(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -193,9 +187,8 @@ class OrchestratorServer:
             return f"WebRTC is misconfigured: {exc}"
         return None
 
-    def _whip_service(self, request: web.Request) -> WhipService:
-        if self._whip is None:
-            raise web.HTTPNotImplemented(text=f"{self.webrtc_unavailable}\n")
+    def _check_key(self, request: web.Request) -> None:
+        """401 with a Bearer challenge (and counted) unless the request carries the API key."""
         try:
             check_key(self.deps.config.auth.api_key, key_from_metadata(request.headers.items()))
         except AuthError as exc:
@@ -203,6 +196,11 @@ class OrchestratorServer:
             raise web.HTTPUnauthorized(
                 text=f"{exc}\n", headers={"WWW-Authenticate": 'Bearer realm="duplex"'}
             ) from None
+
+    def _whip_service(self, request: web.Request) -> WhipService:
+        if self._whip is None:
+            raise web.HTTPNotImplemented(text=f"{self.webrtc_unavailable}\n")
+        self._check_key(request)
         return self._whip
 
     async def whip_post(self, request: web.Request) -> web.Response:
