@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,6 +133,11 @@ def test_detached_up_status_restart_logs_down(cli: Invoke, state_dir: Path) -> N
         stderr=subprocess.STDOUT,
         text=True,
     )
+    followed_lines: list[str] = []  # what the follower has printed so far, read as it prints
+    out = follower.stdout
+    assert out is not None
+    reader = threading.Thread(target=lambda: followed_lines.extend(out), daemon=True)
+    reader.start()
 
     # A crashed worker comes back, on the same port, with restarts=1.
     os.kill(first["tts-worker@0"], signal.SIGKILL)
@@ -148,8 +154,12 @@ def test_detached_up_status_restart_logs_down(cli: Invoke, state_dir: Path) -> N
     assert worker0.last_exit == -signal.SIGKILL
 
     wait_for(lambda: "worker ready" in cli("logs", "tts-worker@0", "-n", "1").output, 30, "ready")
+    # The follower polls the file; stop it once it has printed the second start too.
+    wait_for(lambda: "".join(followed_lines).count("worker ready") >= 2, 10, "the follower")
     follower.send_signal(signal.SIGINT)
-    followed, _ = follower.communicate(timeout=10)
+    follower.wait(timeout=10)
+    reader.join(timeout=10)
+    followed = "".join(followed_lines)
     restart = followed.index("──── supervisor: restart #1 (tts-worker@0) ────")
     assert "worker ready" in followed[:restart] and "worker ready" in followed[restart:], followed
 
