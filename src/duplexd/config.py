@@ -291,7 +291,13 @@ class TurnConfig(_Section):
         0.5, gt=0, lt=1, description="probability above which the turn is complete"
     )
     smart_turn_ask_after_ms: int = Field(
-        200, ge=40, description="silence before the model is first asked"
+        64, ge=20, description="silence before the model is first asked"
+    )
+    smart_turn_threads: int = Field(
+        1, ge=1, description="decision threads shared by all sessions, at top CPU priority"
+    )
+    smart_turn_min_silence_ms: int = Field(
+        200, ge=20, description="a 'complete' ends the turn no sooner than this much silence"
     )
     smart_turn_reask_ms: int = Field(
         100, ge=20, description="when it says 'not done', ask again after this much more silence"

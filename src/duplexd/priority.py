@@ -5,8 +5,8 @@ orchestrator runs its ASR `asr.nice` steps below everything else: the model is l
 thread at that priority, so CTranslate2's compute threads (started by the loading thread) are
 at it too, and each session's decode thread lowers itself. Under load the end-of-turn model,
 the event loop (VAD, network) and the replies get the cores first; the ASR takes the rest.
-The end-of-turn model's decision threads ask for a higher priority (`raise_thread_priority`),
-which the OS grants only to root or with CAP_SYS_NICE; elsewhere they stay level with the rest.
+The end-of-turn model's decision thread asks for the top priority (`raise_thread_priority`),
+which the OS grants only to root or with CAP_SYS_NICE; elsewhere it stays level with the rest.
 Lowering a priority needs no privilege. Where threads have no nice value of their own (not
 Linux) this does nothing.
 """

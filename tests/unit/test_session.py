@@ -312,7 +312,7 @@ async def test_speculation_is_dropped_when_the_user_goes_on(rig_factory: Make) -
 
 
 async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Make) -> None:
-    model = FakeEndOfTurn([False, True])  # "not done" at 200 ms, "complete" at 300 ms
+    model = FakeEndOfTurn([False, True])  # "not done" at 64 ms, "complete" at 164 ms
     rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
     await rig.say_then_pause(300)
     await rig.settle()
@@ -322,6 +322,22 @@ async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Mak
     assert latency["speculations_discarded"] == 1  # "not done" dropped the first speculation
     end_of_speech = latency["end_of_speech_ms"]
     assert isinstance(end_of_speech, float) and end_of_speech < 900  # before max silence
+
+
+async def test_a_complete_at_the_pause_ends_the_turn_at_the_minimum_silence(
+    rig_factory: Make,
+) -> None:
+    model = FakeEndOfTurn([True])
+    rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
+    spoken_end = rig.now_ms + 300
+    await rig.say_then_pause(300)
+    turn = rig.session.cfg.turn
+    asked_at = model.asked_ms[0] - 300  # the question's audio: the speech, then its silence
+    assert len(model.asked_ms) == 1 and asked_at < turn.smart_turn_min_silence_ms
+    silence = rig.now_ms - spoken_end  # the turn ended on the first frame past the minimum
+    assert turn.smart_turn_min_silence_ms <= silence < turn.smart_turn_min_silence_ms + 40
+    latency = rig.events("latency")[0]
+    assert latency["end_of_turn"] == "model" and latency["speculative"] is True
 
 
 @pytest.mark.parametrize("check", [True, False])

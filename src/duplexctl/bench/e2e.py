@@ -127,6 +127,7 @@ async def _questions(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
 
 async def _paused(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
     cut_ins = early_ends = 0
+    split: list[dict[str, Any]] = []  # the sentences whose turn ended inside the pause
     for i in range(n):
         start, rest = PAUSED[i % len(PAUSED)]
         pcm = concat(
@@ -148,12 +149,16 @@ async def _paused(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
         cut_ins += bool(early)
         # the turn ended inside the pause (a final transcript before the user finished), even
         # if its reply was stopped before any audio: the sentence was split in two turns
-        early_ends += any(e["type"] == "transcript" and e.get("final") and spoken_end is not None
-                          and e["t_ms"] < spoken_end for e in result.events)  # fmt: skip
+        heard = [e.get("text") for e in result.events if e["type"] == "transcript" and
+                 e.get("final") and spoken_end is not None and e["t_ms"] < spoken_end]  # fmt: skip
+        early_ends += bool(heard)
+        if heard:
+            split.append({"said": start, "heard": heard[0], "cut_in": bool(early)})
         ctx.current.step()
     return {
         "paused": n, "false_cut_ins": cut_ins, "false_cut_in_pct": round(100 * cut_ins / n, 1),
         "ended_early": early_ends, "ended_early_pct": round(100 * early_ends / n, 1),
+        "split": split,
     }  # fmt: skip
 
 

@@ -63,8 +63,9 @@ async def run_orchestrator(
     turn = cfg.turn
     model = resolve_path(turn.smart_turn_model, config_file) if turn.smart_turn_model else None
     end_of_turn, eot_warning = await asyncio.to_thread(
-        load_end_of_turn, turn.end_of_turn, model, threshold=turn.smart_turn_threshold
-    )
+        load_end_of_turn, turn.end_of_turn, model,
+        threshold=turn.smart_turn_threshold, threads=turn.smart_turn_threads,
+    )  # fmt: skip
     deps = SessionDeps.production(
         cfg, asr, registry, policy, OrchTelemetry(), end_of_turn, partial_asr=partial_asr
     )

@@ -8,7 +8,8 @@ complete. One model serves every session; decisions run on a small thread pool, 
 event loop.
 
 The policy that asks it lives in the listener (listening.py): at `smart_turn.ask_after_ms` of
-silence ask; complete above `threshold` → the turn ends now; otherwise keep listening and ask
+silence ask; complete above `threshold` → the turn ends at `min_silence_ms` of silence (now, if
+that has passed); otherwise keep listening and ask
 again every `reask_ms`, ending at `max_silence_ms` whatever it says. Resumed speech cancels all
 of it. `silence` is the baseline: the turn ends after `end_of_turn_silence_ms`.
 
@@ -54,7 +55,13 @@ __all__ = [
 
 log = get_logger("duplexd.orchestrator.endofturn")
 
-DECISION_PRIORITY = 5  # nice steps above the rest for decision threads, where the OS allows
+# Decision threads run at the top CPU priority where the OS allows (nice -20): a decision is
+# ~40 ms of one core that a turn may wait on, and at any lower level bulk work on a loaded
+# machine (8 sessions' ASR, synthesis) stretched it to 90-230 ms p95 (nice -5). One thread by
+# default (`turn.smart_turn_threads`), so the other core always stays for the event loop: asked
+# at the pause, a decision has ~140 ms of slack before the minimum silence, so decisions queue
+# for it rather than take both cores.
+DECISION_PRIORITY = 20
 MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)
 _RATE = 16_000
 _BUNDLED = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
@@ -95,7 +102,7 @@ def bundled_model() -> Path:
 class SmartTurn:
     name = "smart-turn"
 
-    def __init__(self, model: Path, *, threshold: float = 0.5, threads: int = 2) -> None:
+    def __init__(self, model: Path, *, threshold: float = 0.5, threads: int = 1) -> None:
         self.model, self.threshold = model, threshold
         if not model.is_file():
             raise EndOfTurnUnavailable(f"end-of-turn model {model} does not exist")
@@ -195,13 +202,13 @@ def dangling(text: str) -> bool:
 
 
 def load_end_of_turn(
-    engine: str, model: Path | None, *, threshold: float
+    engine: str, model: Path | None, *, threshold: float, threads: int = 1
 ) -> tuple[EndOfTurn | None, str | None]:
     """The configured end-of-turn model, or (None, why) to fall back to the silence rule."""
     if engine == "silence":
         return None, None
     try:
-        return SmartTurn(model or bundled_model(), threshold=threshold), None
+        return SmartTurn(model or bundled_model(), threshold=threshold, threads=threads), None
     except EndOfTurnUnavailable as exc:
         warning = f"{exc}; ending turns by silence instead"
         log.warning("end-of-turn model unavailable", error=warning)

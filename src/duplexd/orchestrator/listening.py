@@ -9,8 +9,10 @@ End of turn: at the first silent windows after speech (`turn.speculate_after_ms`
 starts speculatively, the trailing silence is held back and `on_pause` tells the session (which
 may start a speculative reply). Then either
 - `silence` rule: the turn ends after `end_of_turn_silence_ms`; or
-- Smart Turn (endofturn.py): at `smart_turn_ask_after_ms` the model is asked; "complete" ends
-  the turn at once unless the speculative transcript stops mid-sentence (`transcript_check`,
+- Smart Turn (endofturn.py): at `smart_turn_ask_after_ms` (by default the pause itself) the
+  model is asked; "complete" ends the turn once the silence reaches `smart_turn_min_silence_ms`
+  (the decision is made off the critical path, beside the speculative decode, and waits for the
+  floor) unless the speculative transcript stops mid-sentence (`transcript_check`,
   `endofturn.dangling`: then it keeps listening); "not done" keeps listening (and
   `on_not_done` tells the session). It asks again every `smart_turn_reask_ms`; at
   `smart_turn_max_silence_ms` the turn ends anyway.
@@ -37,7 +39,7 @@ from duplexd.audio.resample import StreamResampler
 from duplexd.config import OrchestratorConfig
 from duplexd.logging import get_logger
 from duplexd.orchestrator.deps import Clock, Transcriber, Vad
-from duplexd.orchestrator.endofturn import MAX_AUDIO_S, EndOfTurn, dangling
+from duplexd.orchestrator.endofturn import MAX_AUDIO_S, Decision, EndOfTurn, dangling
 from duplexd.orchestrator.telemetry import OrchTelemetry
 from duplexd.orchestrator.turn import TurnTimes
 
@@ -84,6 +86,7 @@ class Listener:
         self._generation = 0  # bumped when speech resumes: a decision in flight is stale
         self._asked_at_ms: int | None = None  # silence_ms at the last question to the model
         self._deciding = False
+        self._complete: int | None = None  # the generation the model called complete, early
         self.last_decision_ms: float | None = None
         self._resampler = (
             StreamResampler(input_rate, ASR_SAMPLE_RATE) if input_rate != ASR_SAMPLE_RATE else None
@@ -141,7 +144,7 @@ class Listener:
         self.user_speaking = True
         self._silence_since, self._silence_ms, self._holding = None, 0, None
         self._generation += 1
-        self._asked_at_ms = None
+        self._asked_at_ms, self._complete = None, None
         self.transcriber.reset()
         self._turn_audio.clear()
         self._turn_samples = 0
@@ -168,7 +171,7 @@ class Listener:
                 for chunk in self._holding:
                     self.transcriber.feed(chunk)
                 self._generation += 1  # a decision in flight answers a question now stale
-                self._asked_at_ms = None
+                self._asked_at_ms, self._complete = None, None
                 self.on_resume()
             self._silence_since, self._silence_ms, self._holding = None, 0, None
             self.transcriber.feed(x)
@@ -184,12 +187,19 @@ class Listener:
                 self.transcriber.begin_final()
                 self._holding = []
                 self.on_pause()
+        self._maybe_end(now)
+
+    def _maybe_end(self, now: float) -> None:
+        """In a silence: end the turn, or ask the model, as the rule says."""
         turn = self.cfg.turn
         if self.end_of_turn is None:
             if self._silence_ms >= turn.end_of_turn_silence_ms:
                 self._end(now, "silence")
         elif self._silence_ms >= turn.smart_turn_max_silence_ms:
             self._end(now, "max_silence")
+        elif self._complete == self._generation:
+            if self._silence_ms >= turn.smart_turn_min_silence_ms:
+                self._end(now, "model")  # called complete early: the floor has passed now
         elif self._should_ask():
             self._asked_at_ms = self._silence_ms
             self._deciding = True
@@ -204,6 +214,10 @@ class Listener:
             self._silence_ms - self._asked_at_ms >= turn.smart_turn_reask_ms
         )
 
+    def _stale(self, generation: int) -> bool:
+        """The user spoke again since `generation` (or the turn already ended)."""
+        return generation != self._generation or not self.user_speaking
+
     async def _ask(self, model: EndOfTurn, audio: Int16Array, generation: int) -> None:
         try:
             decision = await model.decide(audio)
@@ -214,22 +228,27 @@ class Listener:
             return
         finally:
             self._deciding = False
+        await self._decided(decision, generation)
+
+    async def _decided(self, decision: Decision, generation: int) -> None:
         if self.telemetry is not None:
             self.telemetry.c_eot.labels("complete" if decision.complete else "incomplete").inc()
             self.telemetry.h_eot.observe(decision.model_ms)
             self.telemetry.eot_model.add(decision.model_ms)
         self.last_decision_ms = decision.model_ms
-        if generation != self._generation or not self.user_speaking:
+        if self._stale(generation):
             return  # the user spoke again meanwhile (or the turn ended by max silence)
         if decision.complete and self.cfg.turn.transcript_check:
             if await self._dangling(generation):
                 return  # keep listening: asked again after reask_ms, or max silence ends it
-            if generation != self._generation or not self.user_speaking:
+            if self._stale(generation):
                 return
-        if decision.complete:
-            self._end(self.clock(), "model")
-        else:
+        if not decision.complete:
             self.on_not_done()
+        elif self._silence_ms >= self.cfg.turn.smart_turn_min_silence_ms:
+            self._end(self.clock(), "model")
+        else:  # answered before the shortest silence that may end a turn: end there
+            self._complete = generation
 
     async def _dangling(self, generation: int) -> bool:
         """The model says complete: does the speculative transcript stop mid-sentence? (It

@@ -305,6 +305,10 @@ class Session:
             self.turn += 1
             reply = ready
             reply.turn = self.turn
+            times.speculation_started, times.speculation_ready = (
+                reply.times.started,
+                reply.times.ready,
+            )
             self.speech.adopt(reply)
             reply.release()
         else:

@@ -34,12 +34,17 @@ class TurnTimes:
     eot_model_ms: float | None = None  # the end-of-turn model's last decision, if asked
     speculative: bool = False  # the reply was started before the turn was confirmed
     discarded: int = 0  # speculative replies dropped during this turn (the user went on)
+    speculation_started: float | None = None  # the used speculative reply began (transcript)
+    speculation_ready: float | None = None  # its first frame arrived (held), if before release
 
     def extra(self) -> dict[str, object]:
         """How the turn ended and what speculation did (beside the figures, not histograms)."""
         return {
             "end_of_turn": self.ended_by, "eot_model_ms": _r(self.eot_model_ms),
             "speculative": self.speculative, "speculations_discarded": self.discarded,
+            # where a speculative reply stood, from the end of speech: started, audio ready
+            "speculation_started_ms": ms_between(self.speech_end, self.speculation_started),
+            "speculation_ready_ms": ms_between(self.speech_end, self.speculation_ready),
         }  # fmt: skip
 
     def figures(self) -> dict[str, float | None]:
