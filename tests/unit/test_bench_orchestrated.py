@@ -53,6 +53,9 @@ def test_bargein_e2e_and_opus_suites_report_their_documented_keys(tmp_path: Path
     assert data["bargein"]["trials"] == 2
     assert data["e2e"]["smart-turn"]["turns"] == 2 and data["e2e"]["silence"]["turns"] == 2
     assert data["e2e"]["smart-turn"]["paused"] == 2 and "piper" in data["e2e"]["user_voice"]
+    split = data["e2e"]["smart-turn"]["split"]  # the sentences answered inside their pause
+    assert len(split) == data["e2e"]["smart-turn"]["ended_early"]
+    assert all(set(s) == {"said", "heard", "cut_in"} for s in split)
     assert data["bargein"]["frames_after_flush"] == 0  # nothing of a flushed reply is played
     assert data["opus"]["bytes_per_s"] < data["opus"]["pcm_bytes_per_s"] / 5
     checked = {t["id"] for t in data["targets"]}

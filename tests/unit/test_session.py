@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pytest
@@ -282,6 +283,10 @@ async def test_speculative_reply_is_held_until_the_turn_is_confirmed(rig_factory
     latency = rig.events("latency")[0]
     assert latency["speculative"] is True and latency["end_of_turn"] == "silence"
     assert latency["speculations_discarded"] == 0
+    # where it stood: started at the pause, its audio ready (held) before the turn ended
+    started, ready = latency["speculation_started_ms"], latency["speculation_ready_ms"]
+    assert isinstance(started, float) and isinstance(ready, float)
+    assert 0 <= started <= ready <= cast(float, latency["end_of_speech_ms"])
     assert rig.transport.audio and len(tts.streams) == 1  # the held stream, not a second one
     assert [m.content for m in rig.session.history][:1] == ["what time is it"]
 
