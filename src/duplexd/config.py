@@ -319,6 +319,16 @@ class TurnConfig(_Section):
         "'the', 'and', 'colour is') overrules 'complete': keep listening",
     )
 
+    @model_validator(mode="after")
+    def _silences_in_order(self) -> TurnConfig:
+        if not self.smart_turn_min_silence_ms < self.smart_turn_max_silence_ms:
+            raise ValueError(
+                f"smart_turn_min_silence_ms ({self.smart_turn_min_silence_ms}) must be below "
+                f"smart_turn_max_silence_ms ({self.smart_turn_max_silence_ms}): otherwise "
+                "every turn would end by the maximum silence"
+            )
+        return self
+
 
 class RoutingConfig(_Section):
     policy: str = Field("default", description="routing mode: default | edge | lora")

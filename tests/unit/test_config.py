@@ -60,6 +60,10 @@ def test_errors_name_file_and_key(tmp_path: Path) -> None:
         load_config(WorkerConfig, env={"DUPLEX_WORKER__PORT": "-1"})
     with pytest.raises(ConfigError, match=r"command line: vad\.aggressiveness"):
         load_config(OrchestratorConfig, env={}, overrides={"vad.aggressiveness": 7})
+    # a combination that would end every turn by the maximum silence
+    late = {"DUPLEX_TURN__SMART_TURN_MIN_SILENCE_MS": "1000"}
+    with pytest.raises(ConfigError, match=r"turn: .*min_silence_ms \(1000\) must be below"):
+        load_config(OrchestratorConfig, env=late)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
