@@ -297,7 +297,7 @@ class TurnConfig(_Section):
         1, ge=1, description="decision threads shared by all sessions, at top CPU priority"
     )
     smart_turn_min_silence_ms: int = Field(
-        200, ge=20, description="a 'complete' ends the turn no sooner than this much silence"
+        250, ge=20, description="a 'complete' ends the turn no sooner than this much silence"
     )
     smart_turn_reask_ms: int = Field(
         100, ge=20, description="when it says 'not done', ask again after this much more silence"

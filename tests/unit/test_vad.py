@@ -162,3 +162,28 @@ def test_params_are_validated() -> None:
 def test_float_audio_is_refused() -> None:
     with pytest.raises(TypeError, match="int16"):
         create_vad("silero", VADParams()).process(np.zeros(512, dtype=np.float32))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("close", [True, False])
+def test_a_segment_closed_inside_the_hangover_lets_resumed_speech_have_an_onset(
+    engine: str, close: bool
+) -> None:
+    # An end-of-turn model ended the turn 200 ms into a 250 ms pause (hangover 300 ms); the
+    # user goes on. Closed, the resumed words are a new segment; left open, no onset ever
+    # announces them (the listener would not hear them).
+    vad = create_vad(engine, VADParams())
+    pcm, gap_start = two_phrases(250), ms_to_samples(LEAD_MS) + len(speech("hello there"))
+    cut = gap_start + ms_to_samples(200)
+    events = run(vad, pcm[:cut])
+    assert kinds(events) == ["onset"] and vad.speaking
+    closed = vad.end_segment() if close else None
+    rest = run(vad, pcm[cut:])
+    if close:
+        assert closed is not None and closed.kind == "offset" and not vad.speaking
+        assert closed.speech_start_ms == events[0].speech_start_ms
+        assert kinds(rest) == ["onset", "offset"]  # "how are you", heard as its own segment
+        assert rest[0].speech_start_ms >= (gap_start + ms_to_samples(250)) * 1000 // 16000 - 40
+    else:
+        assert kinds(rest) == ["offset"]  # one segment for both phrases: no second onset
+    assert vad.end_segment() is None  # nothing open any more

@@ -90,6 +90,18 @@ class FakeVAD:
                 events.append(VADEvent("offset", offset_at, start, 0.0, speech_end_ms=end))
         return events
 
+    def end_segment(self) -> VADEvent | None:
+        """The turn ended inside the hangover: the segment's offset now, not later (scripted
+        segments are separate already, so speech after this has its own onset)."""
+        for start, end in self.segments:
+            if (
+                start < self.stream_ms < end + self.hangover_ms
+                and (start, "off") not in self._reported
+            ):
+                self._reported.add((start, "off"))
+                return VADEvent("offset", self.stream_ms, start, 0.0, speech_end_ms=end)
+        return None
+
 
 class FakeTranscriber:
     """Scripted transcripts: the n-th committed utterance reads `texts[n]` ("" after them)."""

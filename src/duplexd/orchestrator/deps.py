@@ -55,6 +55,8 @@ class Vad(Protocol):
     @property
     def speaking(self) -> bool: ...
 
+    def end_segment(self) -> VADEvent | None: ...
+
 
 class Transcriber(Protocol):
     """Partial and speculative-final decodes of one utterance (asr.StreamingTranscriber)."""

@@ -59,7 +59,7 @@ log = get_logger("duplexd.orchestrator.endofturn")
 # ~40 ms of one core that a turn may wait on, and at any lower level bulk work on a loaded
 # machine (8 sessions' ASR, synthesis) stretched it to 90-230 ms p95 (nice -5). One thread by
 # default (`turn.smart_turn_threads`), so the other core always stays for the event loop: asked
-# at the pause, a decision has ~140 ms of slack before the minimum silence, so decisions queue
+# at the pause, a decision has ~190 ms of slack before the minimum silence, so decisions queue
 # for it rather than take both cores.
 DECISION_PRIORITY = 20
 MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)

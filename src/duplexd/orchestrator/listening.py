@@ -272,6 +272,9 @@ class Listener:
     def _end(self, now: float, by: str) -> None:
         self.user_speaking = False
         self._generation += 1
+        closed = self.vad.end_segment()  # words resumed from here on get an onset of their own
+        if closed is not None:
+            self.on_vad(closed.kind, self.stream_ms)
         if self.telemetry is not None:
             self.telemetry.c_turn_end.labels(by).inc()
         times = TurnTimes(speech_end=self._silence_since, endpoint=now, ended_by=by,

@@ -130,6 +130,20 @@ class VoiceActivityDetector(ABC):
         self._mark_ms = self._speech_start_ms = 0
         self._last_probability = 0.0
 
+    def end_segment(self) -> VADEvent | None:
+        """The caller ended the turn before the hangover ran out (an end-of-turn model said
+        the user was done): close the segment now, so that speech from here on is a new one
+        with its own onset. Otherwise words resumed inside the hangover would continue a
+        segment whose turn is over, and no onset would ever announce them. Returns the offset
+        it closed with, or None if no segment was open."""
+        if self._state not in (_State.SPEAKING, _State.TRAILING):
+            self._state = _State.QUIET
+            return None
+        end_ms = self._mark_ms if self._state is _State.TRAILING else self.stream_ms
+        self._state = _State.QUIET
+        return VADEvent("offset", self.stream_ms, self._speech_start_ms, self._last_probability,
+                        end_ms)  # fmt: skip
+
     def process(self, pcm16: Int16Array) -> list[VADEvent]:
         """Consume any number of samples; return the events completed by them, in order."""
         audio = np.concatenate([self._pending, _as_pcm16(pcm16)])
