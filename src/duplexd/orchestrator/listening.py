@@ -251,8 +251,9 @@ class Listener:
             self._complete = generation
 
     async def _dangling(self, generation: int) -> bool:
-        """The model says complete: does the speculative transcript stop mid-sentence? (It
-        has been decoding since the pause, so this rarely waits; the reply needs it anyway.)"""
+        """The model says complete: does the speculative transcript stop mid-sentence? (Both
+        start at the pause; a decision is often back first, so this may wait for the decode,
+        which the reply needs anyway, still well before the minimum silence.)"""
         if self._holding is None:
             return False
         self._deciding = True  # no new question to the model while we read the transcript
