@@ -247,7 +247,12 @@ class AsrConfig(_Section):
     model: str = Field("tiny.en", description="tiny.en | base | a model directory/checkpoint")
     language: str | None = Field("en", description="spoken language; null = detect")
     compute_type: str = Field("int8", description="CTranslate2 compute type")
-    threads: int = Field(2, ge=0, description="decoder CPU threads (0 = engine default)")
+    threads: int = Field(
+        1, ge=0,
+        description="decoder CPU threads (0 = engine default); a turn's decode is mostly the "
+        "token-by-token decoder, which a 2nd thread does not speed up, and the other core is "
+        "then free for the end-of-turn model",
+    )  # fmt: skip
     partial_interval_ms: int = Field(500, ge=100, description="partial transcript cadence")
     device: str = Field("cpu", description="cpu | cuda")
     partials_nice: int = Field(
