@@ -316,7 +316,7 @@ class TurnConfig(_Section):
         "before the turn is confirmed; dropped if the user goes on",
     )
     speculate_after_ms: int = Field(
-        64, ge=20, description="silence after which the final ASR decode (and reply) starts"
+        40, ge=20, description="silence after which the final ASR decode (and reply) starts"
     )
     transcript_check: bool = Field(
         True,
