@@ -99,12 +99,33 @@ def test_the_cut_is_kept_and_a_broken_one_is_cut_again(
 ) -> None:
     adapter = _voice(tmp_path, monkeypatch)
     (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
-    assert {p.name for p in folder.iterdir()} == {"encoder.onnx", "decoder.onnx", "split.json"}
+    names = {p.name for p in folder.iterdir()}
+    assert {"encoder.onnx", "decoder.onnx", "split.json"} < names
+    (optimized,) = names - {"encoder.onnx", "decoder.onnx", "split.json"}
+    assert optimized.startswith("encoder.cpu-ort")  # onnxruntime's rewrites, saved once
     adapter.close()
     (folder / "split.json").write_text("{not json")
     again = _voice(tmp_path, monkeypatch)
     assert again.streaming and _chunks(again, "Hello.")
     assert "latent" in (folder / "split.json").read_text()
+
+
+def test_an_encoder_that_cannot_be_saved_optimized_still_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime
+
+    _voice(tmp_path, monkeypatch).close()  # cut and saved
+    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    (optimized,) = folder.glob("encoder.cpu-*")
+    optimized.unlink()
+    optimized.mkdir()  # in the way (as a read-only cache would be, but root writes those)
+    with capture_logs() as logs:
+        adapter = _voice(tmp_path, monkeypatch)
+    assert adapter.streaming and _chunks(adapter, "Hello.")
+    assert any("could not be saved" in e["event"] for e in logs)
+    assert onnxruntime.__version__ in optimized.name and optimized.is_dir()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no half-written file
 
 
 def test_without_the_onnx_package_sentences_are_whole(
