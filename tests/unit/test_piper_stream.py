@@ -8,6 +8,7 @@ decode `PiperVoice` does.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,20 @@ def test_an_encoder_that_cannot_be_saved_optimized_still_streams(
     assert any("could not be saved" in e["event"] for e in logs)
     assert onnxruntime.__version__ in optimized.name and optimized.is_dir()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no half-written file
+
+
+def test_a_cache_that_cannot_be_written_cuts_for_the_load_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # no folder can be made under it, even by root
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with capture_logs() as logs:
+        adapter = _voice(blocker / "cache", monkeypatch)
+    assert adapter.streaming and _chunks(adapter, "Hello.")
+    assert any("cannot be kept" in e["event"] for e in logs)
+    assert not list((tmp_path / "tmp").iterdir())  # the one-load cut is gone once read
 
 
 def test_without_the_onnx_package_sentences_are_whole(

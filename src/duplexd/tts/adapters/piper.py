@@ -189,20 +189,25 @@ class _Split:
     folder: Path  # encoder.onnx (phonemes → latent) and decoder.onnx (latent → audio)
     latent: str  # the tensor between them
     extra: tuple[str, ...]  # other tensors the decoder reads from the encoder's side
+    temporary: bool = False  # not kept (the cache could not be written): removed once read
 
     def sessions(self, options: Any, providers: list[str]) -> tuple[Any, Any]:
         # Read from files: built from bytes, onnxruntime keeps a second copy of the weights.
         import onnxruntime
 
         encoder = self.folder / "encoder.onnx"
-        if providers == ["CPUExecutionProvider"]:
+        if providers == ["CPUExecutionProvider"] and not self.temporary:
             encoder = self._optimized(encoder, onnxruntime)
-        return (
-            onnxruntime.InferenceSession(str(encoder), options, providers=providers),
-            onnxruntime.InferenceSession(
-                str(self.folder / "decoder.onnx"), options, providers=providers
-            ),
-        )
+        try:
+            return (
+                onnxruntime.InferenceSession(str(encoder), options, providers=providers),
+                onnxruntime.InferenceSession(
+                    str(self.folder / "decoder.onnx"), options, providers=providers
+                ),
+            )
+        finally:
+            if self.temporary:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
     def _optimized(self, encoder: Path, onnxruntime: Any) -> Path:
         """The encoder after onnxruntime's graph rewrites, saved once per onnxruntime version:
@@ -263,18 +268,40 @@ def _split_voice(model_path: Path, cache: Path) -> _Split | None:
     extractor = Extractor(model)
     inputs = [tensor.name for tensor in model.graph.input]
     outputs = [model.graph.output[0].name]
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))
-    try:  # built beside it and renamed into place: `folder` is complete or absent
-        onnx.save(extractor.extract_model(inputs, [latent, *extra]), str(tmp / "encoder.onnx"))
-        onnx.save(extractor.extract_model([latent, *extra], outputs), str(tmp / "decoder.onnx"))
-        (tmp / "split.json").write_text(json.dumps({"latent": latent, "extra": list(extra)}))
-        with contextlib.suppress(OSError):  # another worker cut the same voice meanwhile
-            tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    halves = (
+        extractor.extract_model(inputs, [latent, *extra]),
+        extractor.extract_model([latent, *extra], outputs),
+    )
+    names = {"latent": latent, "extra": list(extra)}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))
+        try:  # built beside it and renamed into place: `folder` is complete or absent
+            _write_split(tmp, halves, names, onnx)
+            with contextlib.suppress(OSError):  # another worker cut the same voice meanwhile
+                tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:  # a read-only or full cache: cut for this load only
+        log.warning("piper: the cut voice cannot be kept; it is cut at every load",
+                    cache=str(cache), error=str(exc))  # fmt: skip
+        folder = Path(tempfile.mkdtemp(prefix="duplex-piper-"))
+        try:
+            _write_split(folder, halves, names, onnx)
+        except OSError as again:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("piper: no room to cut the voice: sentences are synthesized whole",
+                        error=str(again))  # fmt: skip
+            return None
+        return _Split(folder, latent, extra, temporary=True)
     log.info("piper: voice cut for streaming", model=str(model_path), cache=str(folder))
     return _Split(folder, latent, extra)
+
+
+def _write_split(folder: Path, halves: tuple[Any, Any], names: dict[str, Any], onnx: Any) -> None:
+    onnx.save(halves[0], str(folder / "encoder.onnx"))
+    onnx.save(halves[1], str(folder / "decoder.onnx"))
+    (folder / "split.json").write_text(json.dumps(names))
 
 
 class _Stream:
