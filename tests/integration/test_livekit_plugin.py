@@ -257,6 +257,7 @@ async def test_an_agent_session_speaks_through_duplex_and_its_interruption_stops
         interrupted_at = time.perf_counter()
         handle.interrupt()
         await handle
+        settled_at = time.perf_counter()
         async with asyncio.timeout(10):
             await stopped.wait()
         await asyncio.sleep(0.3)  # a frame still coming would have arrived by now
@@ -268,7 +269,11 @@ async def test_an_agent_session_speaks_through_duplex_and_its_interruption_stops
     # a five-word segment: one word may differ ("the weather's" for "the weather is")
     assert word_error_rate(SEGMENTS[0], text) <= 0.4, text
     assert handle.interrupted
-    assert [f for t, f in speaker.frames if t > interrupted_at] == []
+    # LiveKit cancels its forwarding task a loop turn after interrupt(): a frame it already held
+    # may still reach the output then (seen once in a full CI run), never one after the handle
+    # is done
+    late = [t for t, _ in speaker.frames if t > interrupted_at]
+    assert len(late) <= 1 and all(t <= settled_at for t in late), late
     [report] = reports
     assert report.worker_state == "speaking" and report.frames_after_stop <= 1
     assert report.stop_last_seq is not None and after.last_seq - report.stop_last_seq <= 1
