@@ -74,7 +74,8 @@ class FakeVAD:
     @property
     def speaking(self) -> bool:
         t = self.stream_ms
-        return any(s + self.onset_delay_ms <= t < e + self.hangover_ms for s, e in self.segments)
+        return any(s + self.onset_delay_ms <= t < e + self.hangover_ms
+                   and (s, "off") not in self._reported for s, e in self.segments)  # fmt: skip
 
     def process(self, pcm16: Int16Array) -> list[VADEvent]:
         before = self.stream_ms
@@ -86,21 +87,21 @@ class FakeVAD:
                 self._reported.add((start, "on"))
                 events.append(VADEvent("onset", onset_at, start, 1.0))
             if before < offset_at <= self.stream_ms and (start, "off") not in self._reported:
-                self._reported.add((start, "off"))
-                events.append(VADEvent("offset", offset_at, start, 0.0, speech_end_ms=end))
+                events.append(self._offset(start, end, offset_at))
         return events
 
     def end_segment(self) -> VADEvent | None:
         """The turn ended inside the hangover: the segment's offset now, not later (scripted
         segments are separate already, so speech after this has its own onset)."""
         for start, end in self.segments:
-            if (
-                start < self.stream_ms < end + self.hangover_ms
-                and (start, "off") not in self._reported
-            ):
-                self._reported.add((start, "off"))
-                return VADEvent("offset", self.stream_ms, start, 0.0, speech_end_ms=end)
+            t = self.stream_ms
+            if end <= t < end + self.hangover_ms and (start, "off") not in self._reported:
+                return self._offset(start, end, t)
         return None
+
+    def _offset(self, start: int, end: int, at_ms: int) -> VADEvent:
+        self._reported.add((start, "off"))
+        return VADEvent("offset", at_ms, start, 0.0, speech_end_ms=end)
 
 
 class FakeTranscriber:

@@ -252,7 +252,7 @@ class Listener:
 
     async def _dangling(self, generation: int) -> bool:
         """The model says complete: does the speculative transcript stop mid-sentence? (Both
-        start at the pause; a decision is often back first, so this may wait for the decode,
+        start at the pause, the decode first; a decision is often back first, so this may wait for the decode,
         which the reply needs anyway, still well before the minimum silence.)"""
         if self._holding is None:
             return False

@@ -243,13 +243,14 @@ def _split_voice(model_path: Path, cache: Path) -> _Split | None:
     None, said in the log, when it can't be."""
     stat = model_path.stat()
     folder = cache / f"{model_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{_CUT_VERSION}"
-    try:
-        names = json.loads((folder / "split.json").read_text())
-        if all((folder / name).is_file() for name in ("encoder.onnx", "decoder.onnx")):
-            return _Split(folder, names["latent"], tuple(names["extra"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not cut yet, or a broken entry (edited, a disk that filled): cut again
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():  # published whole (renamed into place), so only damage breaks it
+        try:
+            names = json.loads((folder / "split.json").read_text())
+            if all((folder / name).is_file() for name in ("encoder.onnx", "decoder.onnx")):
+                return _Split(folder, names["latent"], tuple(names["extra"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a broken entry (edited, files removed): cut again
+        shutil.rmtree(folder, ignore_errors=True)
     try:
         import onnx
         from onnx.utils import Extractor
