@@ -252,8 +252,8 @@ class Listener:
 
     async def _dangling(self, generation: int) -> bool:
         """The model says complete: does the speculative transcript stop mid-sentence? (Both
-        start at the pause, the decode first; a decision is often back first, so this may wait for the decode,
-        which the reply needs anyway, still well before the minimum silence.)"""
+        start at the pause, the decode first; a decision is often back first, so this may wait
+        for the decode, which the reply needs anyway, still well before the minimum silence.)"""
         if self._holding is None:
             return False
         self._deciding = True  # no new question to the model while we read the transcript
