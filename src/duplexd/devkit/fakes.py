@@ -368,6 +368,7 @@ class FakeEndOfTurn:
     """An `EndOfTurn` whose answers are scripted (True = complete); then always complete."""
 
     name = "fake"
+    priority = "default"
 
     def __init__(self, answers: Iterable[bool] = ()) -> None:
         self.answers = list(answers)

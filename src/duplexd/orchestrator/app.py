@@ -65,6 +65,8 @@ async def run_orchestrator(
     end_of_turn, eot_warning = await asyncio.to_thread(
         load_end_of_turn, turn.end_of_turn, model,
         threshold=turn.smart_turn_threshold, threads=turn.smart_turn_threads,
+        op_threads=turn.smart_turn_op_threads, softmax=turn.smart_turn_softmax,
+        realtime=turn.smart_turn_realtime,
     )  # fmt: skip
     deps = SessionDeps.production(
         cfg, asr, registry, policy, OrchTelemetry(), end_of_turn, partial_asr=partial_asr

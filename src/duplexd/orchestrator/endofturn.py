@@ -29,18 +29,19 @@ log (app.py).
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from duplexd.audio.pcm import Int16Array
 from duplexd.errors import ConfigError
 from duplexd.logging import get_logger
-from duplexd.priority import raise_thread_priority
+from duplexd.priority import raise_thread_priority, realtime_thread_priority, thread_priority
 
 __all__ = [
     "MAX_AUDIO_S",
@@ -55,9 +56,11 @@ __all__ = [
 
 log = get_logger("duplexd.orchestrator.endofturn")
 
-# Decision threads run at the top CPU priority where the OS allows (nice -20): a decision is
-# ~40 ms of one core that a turn may wait on, and at any lower level bulk work on a loaded
-# machine (8 sessions' ASR, synthesis) stretched it to 90-230 ms p95 (nice -5). One thread by
+# Decision threads run at the top CPU priority where the OS allows (real-time, else nice -20:
+# priority.py): a decision is ~35 ms of one core that a turn may wait on, and at any lower level
+# bulk work on a loaded machine (8 sessions' ASR, synthesis) stretched it to 90-230 ms p95 (nice
+# -5); at nice -20 the worker's synthesis, in another autogroup, still held it up: 70-100 ms p95,
+# against 46 real-time (8 sessions, 24 decisions, wall time = its CPU time). One thread by
 # default (`turn.smart_turn_threads`), so the other core always stays for the event loop: asked
 # at the pause, a decision has ~190 ms of slack before the minimum silence, so decisions queue
 # for it rather than take both cores.
@@ -65,6 +68,7 @@ DECISION_PRIORITY = 20
 MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)
 _RATE = 16_000
 _BUNDLED = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
+Softmax = Literal["float", "int8"]  # how the model's attention softmaxes run (_float_softmax)
 
 
 class EndOfTurnUnavailable(ConfigError):
@@ -82,6 +86,7 @@ class EndOfTurn(Protocol):
     """Decides from the turn's audio whether the user is done."""
 
     name: str
+    priority: str  # its decision threads' CPU priority, in words ("real-time", "nice -20")
 
     async def decide(self, audio: Int16Array) -> Decision: ...
 
@@ -102,8 +107,18 @@ def bundled_model() -> Path:
 class SmartTurn:
     name = "smart-turn"
 
-    def __init__(self, model: Path, *, threshold: float = 0.5, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: Path,
+        *,
+        threshold: float = 0.5,
+        threads: int = 1,
+        op_threads: int = 1,
+        softmax: Softmax = "float",
+        realtime: bool = True,
+    ) -> None:
         self.model, self.threshold = model, threshold
+        self.priority = "default"  # the decision threads', in words (thread_priority)
         if not model.is_file():
             raise EndOfTurnUnavailable(f"end-of-turn model {model} does not exist")
         try:
@@ -123,27 +138,40 @@ class SmartTurn:
 
         self._features = compute_whisper_log_mel_features
         self._blas = ThreadpoolController()  # found once: a limit per decision is then ~10 µs
-        options = ort.SessionOptions()
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        options.intra_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(
-                str(model), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-            self._input = self._session.get_inputs()[0].name
-            self._decide_sync(np.zeros(_RATE // 2, dtype=np.int16))  # warm and validate
-        except Exception as exc:  # onnxruntime raises its own types for corrupt files
-            raise EndOfTurnUnavailable(
-                f"end-of-turn model {model} could not be loaded: {type(exc).__name__}: {exc}"
-            ) from None
         # Decisions run here: one at a time per thread, sessions share the pool. A decision is
         # short and someone waits on it: its threads ask to go before bulk work (ASR, synthesis).
         self._pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="end-of-turn",
-            initializer=raise_thread_priority, initargs=(DECISION_PRIORITY,),
+            initializer=_decision_thread, initargs=(realtime,),
         )  # fmt: skip
+        try:
+            # loaded on a decision thread: onnxruntime's own compute threads (op_threads > 1)
+            # start there, and so keep its priority
+            self._session = self._pool.submit(self._load, ort, softmax, op_threads).result()
+            self._input = self._session.get_inputs()[0].name
+            self._decide_sync(np.zeros(_RATE // 2, dtype=np.int16))  # warm and validate
+        except Exception as exc:  # onnxruntime raises its own types for corrupt files
+            self.close()
+            raise EndOfTurnUnavailable(
+                f"end-of-turn model {model} could not be loaded: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _load(self, ort: Any, softmax: Softmax, op_threads: int) -> Any:
+        self.priority = thread_priority()
+        options = ort.SessionOptions()
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = op_threads
+        # a compute thread spinning for the next op after a decision would hold a core at the
+        # top priority, away from everything else: they sleep instead
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source: str | bytes = str(self.model)
+        if softmax == "float" and (rewritten := _float_softmax(ort, self.model)) is not None:
+            source = rewritten  # optimized already: onnxruntime must not fuse them again
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        cpu = ["CPUExecutionProvider"]
+        return ort.InferenceSession(source, sess_options=options, providers=cpu)
 
     async def decide(self, audio: Int16Array) -> Decision:
         loop = asyncio.get_running_loop()
@@ -162,6 +190,127 @@ class SmartTurn:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decision_thread(realtime: bool) -> None:
+    raise_thread_priority(DECISION_PRIORITY)  # what it keeps where real-time is refused
+    if realtime:
+        realtime_thread_priority()
+
+
+def _float_softmax(ort: Any, model: Path) -> bytes | None:
+    """`model` as onnxruntime optimizes it, with its 8-bit softmaxes computed in float.
+
+    Smart Turn is quantized as a QDQ graph: each attention softmax is dequantize → softmax →
+    quantize. onnxruntime fuses that into its 8-bit QLinearSoftmax, a lookup-table kernel that
+    takes 2.8 ms per layer here (a fifth of a decision); dequantize → float softmax → quantize
+    is what the graph says, takes 0.7 ms, and lands nearer the graph computed literally in
+    float (tests/unit/test_endofturn.py). None (and a warning) if the graph has none or the
+    optimized graph cannot be written: the model then runs with onnxruntime's own kernels.
+    Corrupt model files raise, as loading them would.
+    """
+    import onnx
+    from onnx import helper
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="duplex-smart-turn-") as tmp:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            graph = onnx.load(options.optimized_model_filepath)
+    except OSError as exc:
+        log.warning("Smart Turn runs its 8-bit softmax kernel", model=str(model), error=str(exc))
+        return None
+    nodes, replaced = [], 0
+    for node in graph.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "QLinearSoftmax" or int(attrs.get("opset", 13)) < 13:
+            nodes.append(node)  # before opset 13 a softmax flattened its input first
+            continue
+        x, x_scale, x_zero, y_scale, y_zero = node.input
+        dequantized, probabilities = f"{node.output[0]}/float_in", f"{node.output[0]}/float_out"
+        nodes += [
+            helper.make_node("DequantizeLinear", [x, x_scale, x_zero], [dequantized]),
+            helper.make_node("Softmax", [dequantized], [probabilities], axis=attrs.get("axis", -1)),
+            helper.make_node("QuantizeLinear", [probabilities, y_scale, y_zero], node.output),
+        ]
+        replaced += 1
+    if not replaced:
+        log.warning("Smart Turn model has no 8-bit softmax to compute in float", model=str(model))
+        return None
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    _fuse_gelu(graph)
+    return bytes(graph.SerializeToString())
+
+
+def _fuse_gelu(graph: Any) -> int:
+    """Each GELU spelled out in float ops, x · ½(1 + erf(x/√2)), made one Gelu: onnxruntime's
+    kernel for that same formula. Its own fusion misses them here, because its QDQ pass gave
+    the last multiply a copy of the dequantize that feeds x. Returns how many."""
+    import math
+
+    from onnx import helper, numpy_helper
+
+    nodes = list(graph.graph.node)
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    scalars = {
+        i.name: float(numpy_helper.to_array(i).ravel()[0])
+        for i in graph.graph.initializer
+        if math.prod(i.dims) == 1
+    }
+
+    def next_op(out: str, op: str, constant: float | None = None) -> Any:
+        """The one node that reads `out`, if it is `op` (with `constant` as its other input)."""
+        readers = consumers.get(out, [])
+        if len(readers) != 1 or readers[0].op_type != op:
+            return None
+        other = [name for name in readers[0].input if name != out]
+        if constant is not None and not (
+            len(other) == 1 and abs(scalars.get(other[0], math.nan) - constant) < 1e-5
+        ):
+            return None
+        return readers[0]
+
+    def same(a: str, b: str) -> bool:  # one tensor, or two dequantizes of the same thing
+        pa, pb = producer.get(a), producer.get(b)
+        return a == b or (
+            pa is not None and pb is not None and pa.op_type == pb.op_type == "DequantizeLinear"
+            and list(pa.input) == list(pb.input) and pa.attribute == pb.attribute
+        )  # fmt: skip
+
+    dropped: set[int] = set()
+    fused: dict[int, Any] = {}  # the last node of a GELU → the Gelu that replaces it
+    for div in nodes:
+        if div.op_type != "Div" or abs(scalars.get(div.input[1], 0.0) - math.sqrt(2)) > 1e-5:
+            continue
+        x = div.input[0]
+        erf = next_op(div.output[0], "Erf")
+        one = erf and next_op(erf.output[0], "Add", 1.0)
+        half = one and next_op(one.output[0], "Mul", 0.5)
+        last = half and next_op(half.output[0], "Mul")
+        if not last:
+            continue
+        x_again = next(name for name in last.input if name != half.output[0])
+        if not same(x, x_again):
+            continue
+        dropped |= {id(n) for n in (div, erf, one, half, last)}
+        if x_again != x and len(consumers[x_again]) == 1:
+            dropped.add(id(producer[x_again]))  # its copy of the dequantize
+        fused[id(last)] = helper.make_node("Gelu", [x], list(last.output), domain="com.microsoft")
+    kept = [fused.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in fused]
+    del graph.graph.node[:]
+    graph.graph.node.extend(kept)
+    read = {name for n in kept for name in n.input}
+    unread = [i for i in graph.graph.initializer if i.name not in read]  # the 1, ½ and √2
+    for initializer in unread:
+        graph.graph.initializer.remove(initializer)
+    return len(fused)
 
 
 def _word_set(words: str) -> frozenset[str]:
@@ -202,13 +351,29 @@ def dangling(text: str) -> bool:
 
 
 def load_end_of_turn(
-    engine: str, model: Path | None, *, threshold: float, threads: int = 1
+    engine: str,
+    model: Path | None,
+    *,
+    threshold: float,
+    threads: int = 1,
+    op_threads: int = 1,
+    softmax: Softmax = "float",
+    realtime: bool = True,
 ) -> tuple[EndOfTurn | None, str | None]:
     """The configured end-of-turn model, or (None, why) to fall back to the silence rule."""
     if engine == "silence":
         return None, None
     try:
-        return SmartTurn(model or bundled_model(), threshold=threshold, threads=threads), None
+        turn = SmartTurn(
+            model or bundled_model(),
+            threshold=threshold,
+            threads=threads,
+            op_threads=op_threads,
+            softmax=softmax,
+            realtime=realtime,
+        )
+        log.info("end-of-turn model loaded", model=str(turn.model), priority=turn.priority)
+        return turn, None
     except EndOfTurnUnavailable as exc:
         warning = f"{exc}; ending turns by silence instead"
         log.warning("end-of-turn model unavailable", error=warning)

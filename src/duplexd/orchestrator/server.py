@@ -110,6 +110,7 @@ class OrchestratorServer:
             "end_of_turn": {
                 "engine": self.deps.end_of_turn.name if self.deps.end_of_turn else "silence",
                 "model_ms_p95": round(self.deps.telemetry.eot_model.p(95), 1),
+                "priority": self.deps.end_of_turn.priority if self.deps.end_of_turn else None,
             },
             "warnings": list(self.deps.warnings),
         })  # fmt: skip
