@@ -331,3 +331,33 @@ def test_short_form_hears_no_words_in_a_non_word(asr: FasterWhisperASR) -> None:
     for sound in ("ah", "uh"):
         assert asr.transcribe(speech(sound)).text.strip() == "", sound
     assert asr.transcribe(speech("yes")).text.strip().lower().startswith("yes")
+
+
+@pytest.mark.parametrize(
+    ("start", "rest"),
+    [("I'd like to book a table for", "two people at eight tonight."),
+     ("Could you book me a taxi to", "the airport at six?"),  # "to" is tə before a word
+     ("Can you tell me about the", "history of the Eiffel Tower?")],  # espeak joins "of the"
+)  # fmt: skip
+def test_a_mid_sentence_pause_is_cut_between_two_words(
+    asr: FasterWhisperASR, start: str, rest: str
+) -> None:
+    from duplexd.devkit.speech import piper_paused
+
+    pcm = piper_paused(start, rest, 400)
+    quiet = np.flatnonzero(pcm == 0)
+    runs = np.split(quiet, np.flatnonzero(np.diff(quiet) != 1) + 1)
+    gap = max(runs, key=len)
+    assert len(gap) == 400 * 16  # exactly the pause, in the middle of the sentence
+    head, tail = pcm[: gap[0]], pcm[gap[-1] + 1 :]
+    assert len(head) > 8000 and len(tail) > 8000
+    # the rest starts at its first word: the cut fell between words, not inside one
+    heard = asr.transcribe(tail).text.lower().strip(" .,?")
+    assert heard.split()[0] == rest.lower().split()[0], heard
+
+
+def test_a_pause_needs_the_start_said_as_its_own_words() -> None:
+    from duplexd.devkit.speech import piper_paused
+
+    with pytest.raises(ValueError, match="Piper"):
+        piper_paused("Hello there.", "How are you?", 400)  # two sentences: no one intonation

@@ -11,10 +11,12 @@ the same worker:
 
 Two sets: complete questions in one conversation (the client figure is the end of the
 question's last frame → the first reply frame received; stages from the `latency` event), and
-the mid-sentence-pause set: the start of a sentence, a 400 ms pause where it is clearly
-unfinished, then the rest, each in a fresh conversation; a false cut-in is reply audio that
-arrives before the user finished, and a turn that ended inside the pause is counted beside it
-even when its reply was stopped before any audio (the sentence was split in two turns).
+the mid-sentence-pause set: a sentence said once, as one sentence, with a 400 ms pause cut
+in after a word where it is clearly unfinished (`piper_paused`: the start keeps the
+sentence's intonation, as a speaker's who stops to think does), each in a fresh conversation;
+a false cut-in is reply audio that arrives before the user finished, and a turn that ended
+inside the pause is counted beside it even when its reply was stopped before any audio (the
+sentence was split in two turns).
 Then 8 sessions speak at once to load the end-of-turn model:
 its decision time (features + inference, from the `latency` events) is reported at p95.
 """
@@ -29,19 +31,19 @@ from duplexctl.bench._orchestrated import is_kind, orchestrator
 from duplexctl.bench.context import BenchContext
 from duplexctl.bench.stats import summary
 from duplexctl.client.ws import LiveConversation, VoiceClient
-from duplexd.devkit.speech import concat, piper_speech, silence
+from duplexd.devkit.speech import piper_paused, piper_speech
 
 __all__ = ["rows", "run", "targets", "title"]
 
 title = "End to end (speech in → reply audio out), Smart Turn vs fixed silence"
 QUESTIONS = ("Hello there!", "What time is it?", "Thank you very much.",
              "What is the weather like today?", "Can you help me with something?")  # fmt: skip
-PAUSED = (  # (clearly unfinished start, the rest) with a 400 ms pause between
+PAUSED = (  # (a start that is clearly unfinished, the rest): one sentence, 400 ms between
     ("I'd like to book a table for", "two people at eight tonight."),
     ("What is the weather like in", "Paris this weekend?"),
     ("Can you tell me about the", "history of the Eiffel Tower?"),
     ("My favourite colour is", "a very dark shade of blue."),
-    ("Please remind me to call", "my sister tomorrow morning."),
+    ("Please remind me to", "call my sister tomorrow morning."),
     ("The train to London leaves at", "half past nine, right?"),
     ("Could you book me a taxi to", "the airport at six?"),
     ("I need a table for", "four on Friday."),
@@ -130,11 +132,7 @@ async def _paused(ctx: BenchContext, addr: str, n: int) -> dict[str, Any]:
     split: list[dict[str, Any]] = []  # the sentences whose turn ended inside the pause
     for i in range(n):
         start, rest = PAUSED[i % len(PAUSED)]
-        pcm = concat(
-            await asyncio.to_thread(piper_speech, start),
-            silence(PAUSE_MS),
-            await asyncio.to_thread(piper_speech, rest),
-        )
+        pcm = await asyncio.to_thread(piper_paused, start, rest, PAUSE_MS)
 
         async def script(conv: LiveConversation, pcm: Any = pcm) -> None:
             await conv.sleep_ms(300)

