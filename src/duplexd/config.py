@@ -336,6 +336,14 @@ class TurnConfig(_Section):
         description="smart-turn: a transcript ending in a word no sentence ends with ('for', "
         "'the', 'and', 'colour is') overrules 'complete': keep listening",
     )
+    unsure_word_p: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="transcript_check: words at the end that Whisper gave less than this, "
+        "and that start where the speech had ended, are read as its guess ('a table for' → "
+        "'a table for two.'): the check also reads the text without them; 0: trust every word",
+    )
 
     @model_validator(mode="after")
     def _silences_in_order(self) -> TurnConfig:

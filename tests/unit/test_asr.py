@@ -361,3 +361,21 @@ def test_a_pause_needs_the_start_said_as_its_own_words() -> None:
 
     with pytest.raises(ValueError, match="Piper"):
         piper_paused("Hello there.", "How are you?", 400)  # two sentences: no one intonation
+
+
+def test_the_decoder_says_how_sure_it_was_of_each_word_and_where_an_unsure_ending_lies(
+    asr: FasterWhisperASR,
+) -> None:
+    from duplexd.devkit.speech import piper_speech
+
+    for text in ("What time is it?", "I'd like to book a table for", "Please remind me to"):
+        heard = asr.transcribe(concat(piper_speech(text), silence(40)))
+        words = heard.text.split()
+        assert heard.word_p is not None and len(heard.word_p) == len(words), heard
+        assert all(0.0 < p <= 1.0 for p in heard.word_p)
+        if heard.word_p[-1] < 0.9:  # aligned: one start per word, in order, inside the audio
+            assert heard.word_start_ms is not None and len(heard.word_start_ms) == len(words)
+            assert list(heard.word_start_ms) == sorted(heard.word_start_ms)
+            assert heard.word_start_ms[-1] < heard.audio_ms + 4000  # + the decoder's padding
+        else:
+            assert heard.word_start_ms is None

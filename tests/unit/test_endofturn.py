@@ -16,6 +16,7 @@ from duplexd.orchestrator.endofturn import (
     _float_softmax,
     bundled_model,
     dangling,
+    guessed_words,
     load_end_of_turn,
 )
 
@@ -144,3 +145,33 @@ def test_the_silence_rule_needs_no_model() -> None:
 )
 def test_a_transcript_that_stops_mid_sentence_is_dangling(text: str, unfinished: bool) -> None:
     assert dangling(text) is unfinished
+
+
+@pytest.mark.parametrize(
+    ("text", "guessed", "unfinished"),
+    [
+        ("I'd like to book a table for two.", 1, True),  # Whisper's guess at "a table for"
+        ("I'd like to book a table for two.", 0, False),  # ... or said: a whole sentence
+        ("Can you tell me about this?", 1, True),  # without its guess: a statement in "about"
+        ("Please remind me to call you.", 2, True),  # two guessed words
+        ("Please remind me to call you.", 1, False),  # "… to call" may end a sentence
+        ("Could you book me a taxi to the airport at six.", 0, False),
+        ("Yes.", 1, False),  # nothing is left to stop anywhere
+    ],
+)
+def test_words_whisper_guessed_are_read_as_maybe_never_said(
+    text: str, guessed: int, unfinished: bool
+) -> None:
+    assert dangling(text, guessed) is unfinished
+
+
+def test_a_guessed_word_is_unsure_and_starts_where_the_speech_had_ended() -> None:
+    # "… a table for two.": "two" at 0.46, starting at the end of speech (1450 ms)
+    p, starts = (0.9, 0.98, 0.46), (900.0, 1200.0, 1460.0)
+    assert guessed_words(p, starts, 1450, 0.7) == 1
+    assert guessed_words(p, starts, 1450, 0.4) == 0  # sure enough at this threshold
+    assert guessed_words(p, (900.0, 1000.0, 1200.0), 1450, 0.7) == 0  # said well before the end
+    assert guessed_words((0.9, 0.5, 0.3), (900.0, 1400.0, 1500.0), 1450, 0.7) == 2
+    assert guessed_words((0.9, 0.3, 0.98), (900.0, 1400.0, 1500.0), 1450, 0.7) == 0  # sure last
+    assert guessed_words(p, None, 1450, 0.7) == 0  # an engine that cannot tell: trust the text
+    assert guessed_words(None, starts, 1450, 0.7) == 0

@@ -364,6 +364,24 @@ async def test_a_complete_that_stops_mid_sentence_keeps_listening(
         assert overruled == 0
 
 
+@pytest.mark.parametrize(("last_p", "guessed"), [(0.4, True), (0.95, False)])
+async def test_a_word_whisper_guessed_at_the_end_does_not_finish_the_sentence(
+    rig_factory: Make, last_p: float, guessed: bool
+) -> None:
+    # "I'd like to book a table for" + a pause: Whisper hears "… for two.", unsure of "two"
+    model = FakeEndOfTurn([True, True, True, True])
+    rig = await rig_factory(texts=("I'd like to book a table for two.",), speculate=True,
+                            model=model)  # fmt: skip
+    rig.asr.word_p = (0.9, 0.99, 0.98, 0.99, 0.98, 0.98, 0.94, last_p)
+    await rig.say_then_pause(300)
+    latency = rig.events("latency")[0]
+    overruled = rig.session.deps.telemetry.c_eot.labels("overruled")._value.get()
+    if guessed:  # "… a table for" may be all that was said: listen on, to the maximum silence
+        assert latency["end_of_turn"] == "max_silence" and overruled == len(model.asked_ms)
+    else:  # a sure "two": the sentence is whole, and ends at the first complete
+        assert latency["end_of_turn"] == "model" and overruled == 0
+
+
 # -- typed text over a speaking reply (reliability issue, item 3) ------------------------------
 
 

@@ -25,13 +25,14 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import NamedTuple
 
 import numpy as np
 
 from duplexd.audio.frames import ASR_SAMPLE_RATE
 from duplexd.audio.pcm import Float32Array, Int16Array
 
-__all__ = ["ASREngine", "StreamingTranscriber", "Transcript"]
+__all__ = ["ASREngine", "Decoded", "StreamingTranscriber", "Transcript"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,22 @@ class Transcript:
     """Length of the audio this text was decoded from."""
     decode_ms: float
     """Wall time the engine spent: a measurement for metrics, never an input to logic."""
+    word_p: tuple[float, ...] | None = None
+    """The probability the decoder gave each word of `text` (split on spaces; a word's lowest
+    token, punctuation aside), where the engine tells: Whisper guesses the end of a phrase cut
+    short ("a table for" → "a table for two."), and a guessed word is an unsure one."""
+    word_start_ms: tuple[float, ...] | None = None
+    """Where each word of `text` starts in the audio, where the engine tells (faster-whisper
+    aligns an unsure ending): a guessed word starts where the speech had already ended."""
+
+
+class Decoded(NamedTuple):
+    """What an engine's `_decode` returns."""
+
+    text: str
+    language: str | None
+    word_p: tuple[float, ...] | None = None  # see Transcript.word_p
+    word_start_ms: tuple[float, ...] | None = None  # see Transcript.word_start_ms
 
 
 class ASREngine(ABC):
@@ -67,7 +84,7 @@ class ASREngine(ABC):
         """Engine and model, for logs and metrics (e.g. ``faster-whisper:tiny.en``)."""
 
     @abstractmethod
-    def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
+    def _decode(self, audio: Float32Array, prompt: str | None) -> Decoded:
         """Text and language of `audio` (float32 in [-1, 1], never empty)."""
 
     def transcribe(self, pcm16: PCM16, *, prompt: str | None = None) -> Transcript:
@@ -77,9 +94,14 @@ class ASREngine(ABC):
         if len(pcm) == 0:  # Whisper engines fail or hallucinate on empty input
             return Transcript("", None, True, 0.0, 0.0)
         started = time.perf_counter()
-        text, language = self._decode(pcm.astype(np.float32) / 32768.0, prompt)
+        decoded = self._decode(pcm.astype(np.float32) / 32768.0, prompt)
         decode_ms = (time.perf_counter() - started) * 1000
-        return Transcript(text.strip(), language, True, audio_ms, decode_ms)
+        text = decoded.text.strip()
+        word_p, starts, words = decoded.word_p, decoded.word_start_ms, len(text.split())
+        # not the words of this text: say nothing rather than misplace them
+        word_p = word_p if word_p is not None and len(word_p) == words else None
+        starts = starts if starts is not None and len(starts) == words else None
+        return Transcript(text, decoded.language, True, audio_ms, decode_ms, word_p, starts)
 
 
 def _check_pcm16(pcm16: PCM16) -> PCM16:

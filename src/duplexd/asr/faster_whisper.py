@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from duplexd.asr.base import ASREngine
+from duplexd.asr.base import ASREngine, Decoded
 from duplexd.audio.frames import ASR_SAMPLE_RATE as SAMPLE_RATE
 from duplexd.audio.pcm import Float32Array
 from duplexd.errors import ModelLoadError, ModelNotFound, WeightsMissing
+from duplexd.logging import get_logger
 
 __all__ = ["MODELS", "FasterWhisperASR", "assemble_split_model", "resolve_model"]
 
@@ -134,10 +135,15 @@ def _publish(tmp: Path, dest: Path, parts: Sequence[Path]) -> None:
             raise
 
 
+log = get_logger("duplexd.asr.faster_whisper")
+
 SHORT_FORM_MAX_S = 20.0  # utterances up to this long skip Whisper's padding to 30 s
 SHORT_FORM_PAD_S = 4.0  # silence after the speech: enough for the decoder to end cleanly
 NO_SPEECH_PROB = 0.6  # with a mean log-probability below NO_SPEECH_LOGPROB: not speech
 NO_SPEECH_LOGPROB = -1.0
+# An ending it gave less than this is aligned to the audio (10-25 ms): Whisper guesses the end
+# of a phrase cut short, and a guessed word starts where the speech has already ended.
+ALIGN_BELOW_P = 0.9
 COMPRESSION_LIMIT = 2.4  # Whisper's own repetition detector: above it, decode the long way
 
 
@@ -196,11 +202,11 @@ class FasterWhisperASR(ASREngine):
     def name(self) -> str:
         return f"faster-whisper:{self.model}"
 
-    def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
+    def _decode(self, audio: Float32Array, prompt: str | None) -> Decoded:
         if self.short_form and prompt is None and len(audio) <= SHORT_FORM_MAX_S * SAMPLE_RATE:
-            text = self._decode_short(audio)
-            if text is not None:
-                return text, self.language
+            short = self._decode_short(audio)
+            if short is not None:
+                return short
             self.short_form_fallbacks += 1
         segments, info = self._model.transcribe(
             audio,
@@ -214,9 +220,9 @@ class FasterWhisperASR(ASREngine):
         )
         # `segments` is lazy: decoding happens while we join it.
         text = "".join(segment.text for segment in segments)
-        return text, info.language
+        return Decoded(text, info.language)
 
-    def _decode_short(self, audio: Float32Array) -> str | None:
+    def _decode_short(self, audio: Float32Array) -> Decoded | None:
         """Encode only the speech (+ `SHORT_FORM_PAD_S` of silence), decode with timestamps and
         keep the segments that start inside the speech: Whisper on a short window tends to say
         the utterance again in the silence after it. None when the result still looks like a
@@ -244,18 +250,65 @@ class FasterWhisperASR(ASREngine):
         result = model.model.generate(
             encoded, [prompt], beam_size=self.beam_size, max_length=cap,
             suppress_blank=True, suppress_tokens=suppress, return_scores=True,
-            return_no_speech_prob=True,
+            return_no_speech_prob=True, return_logits_vocab=self.beam_size == 1,
         )  # fmt: skip
         best = result[0]
         if best.no_speech_prob > NO_SPEECH_PROB and best.scores[0] < NO_SPEECH_LOGPROB:
-            return ""  # a cough, a breath, "ah": Whisper's own no-speech rule, as faster-whisper
+            return Decoded("", self.language)  # a cough, a breath, "ah": Whisper's own rule
         ids = best.sequences_ids[0]
         if ids[: len(prompt)] == prompt:  # some CTranslate2 versions return the prompt too
             ids = ids[len(prompt) :]
-        text = _cut_loops(str(tokenizer.decode([t for t in ids if t < tokenizer.eot])))
+        whole = str(tokenizer.decode([t for t in ids if t < tokenizer.eot]))
+        text = _cut_loops(whole)
         if len(prompt) + len(ids) >= cap or get_compression_ratio(text) > COMPRESSION_LIMIT:
             return None
-        return text
+        logits = best.logits[0] if self.beam_size == 1 and best.logits else None
+        words = len(text.split())
+        word_p = _word_p(tokenizer, ids, logits, words)
+        starts = None
+        if word_p and word_p[-1] < ALIGN_BELOW_P:  # where its unsure ending lies in the audio
+            said = [t for t in ids if t < tokenizer.eot]
+            try:
+                aligned = model.find_alignment(tokenizer, [said], encoded, features.shape[-1])
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                log.debug("no word alignment", error=repr(exc))  # the text stands without it
+                aligned = []
+            starts = _word_starts_ms(aligned[0] if aligned else [], words)
+        return Decoded(text, self.language, word_p, starts)
+
+
+def _word_p(
+    tokenizer: Any, ids: Sequence[int], logits: Sequence[Any] | None, words: int
+) -> tuple[float, ...] | None:
+    """The probability of each of the first `words` words the decoder said (`ids`, one step's
+    log-probabilities over the vocabulary each in `logits`): a word's lowest token that holds a
+    letter or digit (a "." or "?" is not the word). None where they do not line up."""
+    if logits is None or len(logits) < len(ids) or words == 0:
+        return None
+    probabilities: list[float] = []
+    for token, step in zip(ids, logits, strict=False):
+        if token >= tokenizer.eot:
+            continue
+        piece = str(tokenizer.decode([token]))
+        if piece.startswith(" ") or not probabilities:
+            probabilities.append(1.0)  # a new word
+        if any(c.isalnum() for c in piece):
+            row = np.asarray(step, dtype=np.float32)
+            p = float(np.exp(row[token] - np.logaddexp.reduce(row)))
+            probabilities[-1] = min(probabilities[-1], p)
+        if len(probabilities) > words:
+            break
+    return tuple(probabilities[:words]) if len(probabilities) >= words else None
+
+
+def _word_starts_ms(aligned: Sequence[dict[str, Any]], words: int) -> tuple[float, ...] | None:
+    """Where each of the first `words` words starts (ms), from faster-whisper's alignment
+    (Whisper's cross-attention, 20 ms steps), whose punctuation comes as words of its own."""
+    starts: list[float] = []
+    for piece in aligned:
+        if str(piece["word"]).startswith(" ") or not starts:
+            starts.append(float(piece["start"]) * 1000)
+    return tuple(starts[:words]) if len(starts) >= words else None
 
 
 def _cut_loops(text: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from duplexd.asr.base import ASREngine
+from duplexd.asr.base import ASREngine, Decoded
 from duplexd.audio.pcm import Float32Array
 from duplexd.errors import FailedPrecondition, ModelLoadError, ModelNotFound
 
@@ -51,7 +51,7 @@ class OpenAIWhisperASR(ASREngine):
     def name(self) -> str:
         return f"openai-whisper:{self.checkpoint.stem}"
 
-    def _decode(self, audio: Float32Array, prompt: str | None) -> tuple[str, str | None]:
+    def _decode(self, audio: Float32Array, prompt: str | None) -> Decoded:
         result = self._model.transcribe(
             audio,
             language=self.language,
@@ -61,4 +61,4 @@ class OpenAIWhisperASR(ASREngine):
             condition_on_previous_text=False,
             without_timestamps=True,
         )
-        return str(result["text"]), result.get("language") or self.language
+        return Decoded(str(result["text"]), result.get("language") or self.language)

@@ -114,6 +114,10 @@ class FakeTranscriber:
         self.calls: list[str] = []
         self.committed: list[str] = []
         self.closed = False
+        # the decoder's probability for each word of the speculative final (texts[0]); its
+        # words then start 200 ms apart, the last where the audio fed so far ends: where a
+        # word Whisper guessed at the end of a phrase cut short starts
+        self.word_p: tuple[float, ...] | None = None
 
     def feed(self, pcm16: Int16Array) -> None:
         self.fed_ms += len(pcm16) * 1000 / _VAD_RATE
@@ -141,7 +145,12 @@ class FakeTranscriber:
         await asyncio.sleep(0)
         if {"cancel", "reset"} & set(self.calls[since:]):
             raise RuntimeError("the speculative final was abandoned")
-        return Transcript(self.texts[0] if self.texts else "", "en", True, self.fed_ms, 1.0)
+        text = self.texts[0] if self.texts else ""
+        starts = None
+        if self.word_p is not None:
+            n = len(self.word_p)
+            starts = tuple(self.fed_ms - 200.0 * (n - 1 - i) for i in range(n))
+        return Transcript(text, "en", True, self.fed_ms, 1.0, self.word_p, starts)
 
     async def commit(self) -> Transcript:
         self.calls.append("commit")

@@ -17,7 +17,9 @@ The model hears intonation, not grammar, and a speaker who pauses mid-sentence o
 finished to it ("I'd like to book a table for …" scores 0.95 with a Piper voice). So a
 "complete" is also checked against the speculative transcript (`turn.transcript_check`):
 a sentence does not end in an article, a preposition, a conjunction, or a copula after a noun
-("my favourite colour is"), unless it is a question. `dangling` says so; the listener then
+("my favourite colour is"), unless it is a question. Whisper also guesses the end of a phrase
+cut short ("a table for" → "a table for two."), so words it was unsure of at the end
+(`turn.unsure_word_p`) are read as maybe never said. `dangling` says so; the listener then
 keeps listening as if the model had said "not done". A wrong call here costs latency (the
 next question to the model, at worst the maximum silence), never a cut-in.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,7 @@ __all__ = [
     "SmartTurn",
     "bundled_model",
     "dangling",
+    "guessed_words",
     "load_end_of_turn",
 ]
 
@@ -66,6 +70,10 @@ log = get_logger("duplexd.orchestrator.endofturn")
 # for it rather than take both cores.
 DECISION_PRIORITY = 20
 MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)
+# A word the decoder was unsure of that starts this close to the end of speech, or after it,
+# is taken as its guess (alignment is in 20 ms steps; a last word really said there starts
+# 100-330 ms before the end in our runs, a guessed one at or after it)
+GUESS_WINDOW_MS = 100
 _RATE = 16_000
 _BUNDLED = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
 Softmax = Literal["float", "int8"]  # how the model's attention softmaxes run (_float_softmax)
@@ -331,16 +339,48 @@ _AUXILIARIES = _word_set("is are was were am be will would can could should has 
 _PRONOUNS = _word_set("i you he she it we they there that this who which what here so")
 
 
-def dangling(text: str) -> bool:
+def dangling(text: str, guessed: int = 0) -> bool:
     """Whether `text` (a transcript) stops where a sentence cannot end: an article, a
     determiner, a conjunction or "to"; a preposition ending a statement; a copula after a
-    noun."""
+    noun. Whisper guesses the end of a phrase cut short ("I'd like to book a table for" →
+    "… a table for two."): with `guessed`, up to that many words at the end may never have
+    been said, and the text also stops mid-sentence if it does without any number of them
+    ("… a table for", a statement now that its "?" or "." went with them)."""
     stripped = text.strip()
-    words = ["".join(c for c in w.lower() if c.isalpha() or c == "'") for w in stripped.split()]
+    said = stripped.split()
+    if _stops_mid_sentence(said, stripped.endswith(("?", "!"))):
+        return True
+    return any(
+        _stops_mid_sentence(said[:end], question=False)
+        for end in range(max(1, len(said) - guessed), len(said))
+    )
+
+
+def guessed_words(
+    word_p: Sequence[float] | None,
+    word_start_ms: Sequence[float] | None,
+    speech_end_ms: float,
+    unsure_below: float,
+) -> int:
+    """How many words at the end of a transcript Whisper likely guessed: each unsure (its
+    probability below `unsure_below`) and starting no earlier than 100 ms before the speech
+    ended (a word said there would have begun before). 0 where the engine does not tell."""
+    if word_p is None or word_start_ms is None or len(word_p) != len(word_start_ms):
+        return 0
+    n = 0
+    for p, start in zip(reversed(word_p), reversed(word_start_ms), strict=True):
+        if p >= unsure_below or start < speech_end_ms - GUESS_WINDOW_MS:
+            break
+        n += 1
+    return n
+
+
+def _stops_mid_sentence(said: list[str], question: bool) -> bool:
+    words = ["".join(c for c in w.lower() if c.isalpha() or c == "'") for w in said]
     words = [w for w in words if w]
     if not words:
         return False
-    last, question = words[-1], stripped.endswith(("?", "!"))
+    last = words[-1]
     if last in _NEVER_LAST:
         return True
     if question:

@@ -39,7 +39,13 @@ from duplexd.audio.resample import StreamResampler
 from duplexd.config import OrchestratorConfig
 from duplexd.logging import get_logger
 from duplexd.orchestrator.deps import Clock, Transcriber, Vad
-from duplexd.orchestrator.endofturn import MAX_AUDIO_S, Decision, EndOfTurn, dangling
+from duplexd.orchestrator.endofturn import (
+    MAX_AUDIO_S,
+    Decision,
+    EndOfTurn,
+    dangling,
+    guessed_words,
+)
 from duplexd.orchestrator.telemetry import OrchTelemetry
 from duplexd.orchestrator.turn import TurnTimes
 
@@ -99,6 +105,7 @@ class Listener:
         self._silence_since: float | None = None
         self._silence_ms = 0
         self._holding: list[Int16Array] | None = None  # silence held back after begin_final
+        self._final_silence_ms = 0  # the silence at the end of the speculative final's audio
 
     @property
     def speculating(self) -> bool:
@@ -185,6 +192,7 @@ class Listener:
             self.transcriber.feed(x)
             if self._silence_ms >= self.cfg.turn.speculate_after_ms:
                 self.transcriber.begin_final()
+                self._final_silence_ms = self._silence_ms  # at the end of what it decodes
                 self._holding = []
                 self.on_pause()
         self._maybe_end(now)
@@ -258,12 +266,16 @@ class Listener:
             return False
         self._deciding = True  # no new question to the model while we read the transcript
         try:
-            text = (await self.transcriber.peek_final()).text
+            final = await self.transcriber.peek_final()
         except RuntimeError:
             return True  # the user went on: that speculative final is gone
         finally:
             self._deciding = False
-        if generation != self._generation or not dangling(text):
+        text, speech_end_ms = final.text, final.audio_ms - self._final_silence_ms
+        guessed = guessed_words(
+            final.word_p, final.word_start_ms, speech_end_ms, self.cfg.turn.unsure_word_p
+        )
+        if generation != self._generation or not dangling(text, guessed):
             return False
         if self.telemetry is not None:
             self.telemetry.c_eot.labels("overruled").inc()
