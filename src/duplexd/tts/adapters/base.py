@@ -86,6 +86,9 @@ class TTSAdapter(ABC):
             import torch
 
             torch.set_num_threads(self.threads)
+        # memory the process freed earlier (another test's, an unloaded model's) would be
+        # reused first and never show as growth: hand it back to the OS before measuring
+        _return_heap_to_os()
         before = process_rss_bytes()
         try:
             self._load()
