@@ -276,6 +276,13 @@ class VadConfig(_Section):
     hangover_ms: int = Field(300, ge=0, description="silence before an offset")
 
 
+# How Smart Turn's attention softmaxes run (orchestrator/endofturn.py: _float_softmax)
+SmartTurnSoftmax = Literal["float", "int8"]
+# The ASR aligns a transcript's ending to the audio only when Whisper gave its last word less
+# than this (asr/faster_whisper.py): `turn.unsure_word_p` above it would find nothing aligned
+ALIGN_BELOW_P = 0.9
+
+
 class TurnConfig(_Section):
     end_of_turn_silence_ms: int = Field(
         500, ge=100, description="silence that ends the user's turn"
@@ -309,7 +316,7 @@ class TurnConfig(_Section):
         description="decision threads in the real-time class (SCHED_FIFO 1) where the OS allows: "
         "a nice value does not rank them above other daemons' work; else nice -20",
     )
-    smart_turn_softmax: Literal["float", "int8"] = Field(
+    smart_turn_softmax: SmartTurnSoftmax = Field(
         "float",
         description="float: the model's attention softmaxes in float, as its graph says (a "
         "decision 20 % faster) | int8: onnxruntime's fused 8-bit kernel, as pipecat runs it",
@@ -339,7 +346,7 @@ class TurnConfig(_Section):
     unsure_word_p: float = Field(
         0.7,
         ge=0,
-        le=1,
+        le=ALIGN_BELOW_P,
         description="transcript_check: words at the end that Whisper gave less than this, "
         "and that start where the speech had ended, are read as its guess ('a table for' → "
         "'a table for two.'): the check also reads the text without them; 0: trust every word",

@@ -29,6 +29,7 @@ import platformdirs
 from duplexd.asr.base import ASREngine, Decoded
 from duplexd.audio.frames import ASR_SAMPLE_RATE as SAMPLE_RATE
 from duplexd.audio.pcm import Float32Array
+from duplexd.config import ALIGN_BELOW_P  # an ending below it is aligned (10-25 ms)
 from duplexd.errors import ModelLoadError, ModelNotFound, WeightsMissing
 from duplexd.logging import get_logger
 
@@ -141,9 +142,6 @@ SHORT_FORM_MAX_S = 20.0  # utterances up to this long skip Whisper's padding to 
 SHORT_FORM_PAD_S = 4.0  # silence after the speech: enough for the decoder to end cleanly
 NO_SPEECH_PROB = 0.6  # with a mean log-probability below NO_SPEECH_LOGPROB: not speech
 NO_SPEECH_LOGPROB = -1.0
-# An ending it gave less than this is aligned to the audio (10-25 ms): Whisper guesses the end
-# of a phrase cut short, and a guessed word starts where the speech has already ended.
-ALIGN_BELOW_P = 0.9
 COMPRESSION_LIMIT = 2.4  # Whisper's own repetition detector: above it, decode the long way
 
 

@@ -37,11 +37,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from duplexd.audio.pcm import Int16Array
+from duplexd.config import SmartTurnSoftmax as Softmax
 from duplexd.errors import ConfigError
 from duplexd.logging import get_logger
 from duplexd.priority import raise_thread_priority, realtime_thread_priority, thread_priority
@@ -76,7 +77,6 @@ MAX_AUDIO_S = 8  # the model sees the last 8 s of the turn (16 kHz)
 GUESS_WINDOW_MS = 100
 _RATE = 16_000
 _BUNDLED = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
-Softmax = Literal["float", "int8"]  # how the model's attention softmaxes run (_float_softmax)
 
 
 class EndOfTurnUnavailable(ConfigError):
