@@ -281,11 +281,25 @@ SmartTurnSoftmax = Literal["float", "int8"]
 # The ASR aligns a transcript's ending to the audio only when Whisper gave its last word less
 # than this (asr/faster_whisper.py): `turn.unsure_word_p` above it would find nothing aligned
 ALIGN_BELOW_P = 0.9
+# Silero goes on saying "speech" for 1-4 frames after a voice has faded out (50-100 ms measured
+# on Piper's tails, none on espeak's abrupt ends): quiet frames up to this far before its first
+# silent one are counted as the silence they are (`turn.silence_dbfs`, orchestrator/listening.py)
+SPEECH_END_LOOKBACK_MS = 100
 
 
 class TurnConfig(_Section):
     end_of_turn_silence_ms: int = Field(
-        500, ge=100, description="silence that ends the user's turn"
+        500,
+        ge=100,
+        description="silence that ends the user's turn (the silence rule; with smart-turn, a "
+        "'complete' on an unsure last word waits for it too)",
+    )
+    silence_dbfs: float | None = Field(
+        -50.0,
+        le=0,
+        description="a turn's silence counts from where the voice fell below this level (frame "
+        f"RMS), up to {SPEECH_END_LOOKBACK_MS} ms before the VAD, which lags a fading voice, "
+        "first heard silence; null: from the VAD's first silent frame",
     )
     false_interruption_ms: int = Field(700, ge=0, description="no words within this = RESUME")
     min_barge_in_words: int = Field(1, ge=1, description="words that make an interruption real")
@@ -349,7 +363,9 @@ class TurnConfig(_Section):
         le=ALIGN_BELOW_P,
         description="transcript_check: words at the end that Whisper gave less than this, "
         "and that start where the speech had ended, are read as its guess ('a table for' → "
-        "'a table for two.'): the check also reads the text without them; 0: trust every word",
+        "'a table for two.'): the check also reads the text without them; and a 'complete' "
+        "whose last word is below it ends at end_of_turn_silence_ms, not the floor (that word "
+        "may be misheard: 'Tell me a' → 'Tell me that.'); 0: trust every word",
     )
 
     @model_validator(mode="after")

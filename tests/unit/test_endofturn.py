@@ -18,6 +18,7 @@ from duplexd.orchestrator.endofturn import (
     dangling,
     guessed_words,
     load_end_of_turn,
+    trails_off,
 )
 
 
@@ -139,6 +140,8 @@ def test_the_silence_rule_needs_no_model() -> None:
         ("What are you looking for?", False),  # a question may end in a preposition
         ("Thank you very much.", False),
         ("Please remind me to call.", False),  # a transitive verb: beyond a word list
+        ("Wake me up at 7.", False),  # Whisper writes numbers in digits: "7" is the word
+        ("I'd like to book a table for 2.", False),
         ("", False),
         ("...", False),
     ],
@@ -163,6 +166,25 @@ def test_words_whisper_guessed_are_read_as_maybe_never_said(
     text: str, guessed: int, unfinished: bool
 ) -> None:
     assert dangling(text, guessed) is unfinished
+
+
+@pytest.mark.parametrize(
+    ("text", "trailing"),
+    [
+        ("What time is it?", False),
+        ("Hello there.", False),
+        ("Turn it off!", False),
+        ('He said "stop."', False),  # a closing quote after the full stop
+        ("my favorite colors", True),  # "My favourite colour is" + a pause: no full stop
+        ("the train to London leaves it", True),
+        ("Tell me that...", True),  # Whisper's ellipsis: the voice trailed off
+        ("Tell me that\u2026", True),
+        ("I need a table for f-", True),  # a word cut off
+        ("", False),  # nothing said: a cough or a breath
+    ],
+)
+def test_a_transcript_without_closing_punctuation_trails_off(text: str, trailing: bool) -> None:
+    assert trails_off(text) is trailing
 
 
 def test_a_guessed_word_is_unsure_and_starts_where_the_speech_had_ended() -> None:

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from duplexd.config import OrchestratorConfig, SessionsConfig, TurnConfig, WorkerEndpoint
+from duplexd.config import (
+    SPEECH_END_LOOKBACK_MS,
+    OrchestratorConfig,
+    SessionsConfig,
+    TurnConfig,
+    WorkerEndpoint,
+)
 from duplexd.devkit.fakes import (
     FakeEndOfTurn,
     FakeTranscriber,
@@ -107,6 +113,7 @@ async def rig_factory() -> AsyncIterator[Make]:
         speculate: bool = False,
         model: FakeEndOfTurn | None = None,
         transcript_check: bool = True,
+        silence_dbfs: float | None = None,  # the fake VAD's "speech" is FRAME's zeros: none
         push: bool = False,
         keepalive_s: float = 60.0,
         frame_interval_s: float = 0.002,
@@ -119,6 +126,7 @@ async def rig_factory() -> AsyncIterator[Make]:
                 false_interruption_ms=30,
                 speculate=speculate,
                 transcript_check=transcript_check,
+                silence_dbfs=silence_dbfs,
             ),
             sessions=SessionsConfig(worker_keepalive_s=keepalive_s),
             workers=[WorkerEndpoint(name=f.name, addr=f.addr) for f in fakes],
@@ -318,7 +326,7 @@ async def test_speculation_is_dropped_when_the_user_goes_on(rig_factory: Make) -
 
 async def test_the_model_ends_the_turn_early_or_keeps_listening(rig_factory: Make) -> None:
     model = FakeEndOfTurn([False, True])  # "not done" at 64 ms, "complete" at 164 ms
-    rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
+    rig = await rig_factory(texts=("Hello there.",), speculate=True, model=model)
     await rig.say_then_pause(300)
     await rig.settle()
     assert len(model.asked_ms) == 2  # asked, told "not done", asked again reask_ms later
@@ -333,7 +341,7 @@ async def test_a_complete_at_the_pause_ends_the_turn_at_the_minimum_silence(
     rig_factory: Make,
 ) -> None:
     model = FakeEndOfTurn([True])
-    rig = await rig_factory(texts=("hello there",), speculate=True, model=model)
+    rig = await rig_factory(texts=("Hello there.",), speculate=True, model=model)
     spoken_end = rig.now_ms + 300
     await rig.say_then_pause(300)
     turn = rig.session.cfg.turn
@@ -380,6 +388,89 @@ async def test_a_word_whisper_guessed_at_the_end_does_not_finish_the_sentence(
         assert latency["end_of_turn"] == "max_silence" and overruled == len(model.asked_ms)
     else:  # a sure "two": the sentence is whole, and ends at the first complete
         assert latency["end_of_turn"] == "model" and overruled == 0
+
+
+@pytest.mark.parametrize("last_p", [0.5, 0.95])
+async def test_a_complete_on_an_unsure_last_word_waits_for_the_silence_rule(
+    rig_factory: Make, last_p: float
+) -> None:
+    # "Tell me a" + a pause: Whisper hears "Tell me that." (whole, so not overruled), unsure of
+    # "that". The pause may go on: the turn ends no sooner than the silence rule would end it
+    model = FakeEndOfTurn([True])
+    rig = await rig_factory(texts=("Tell me that.",), speculate=True, model=model,
+                            end_of_turn_ms=500)  # fmt: skip
+    rig.asr.word_p = (0.98, 0.97, last_p)
+    spoken_end = rig.now_ms + 300
+    await rig.say_then_pause(300)
+    turn = rig.session.cfg.turn
+    silence = rig.now_ms - spoken_end  # the turn ended on the first frame past its floor
+    latency = rig.events("latency")[0]
+    unsure = rig.session.deps.telemetry.c_eot.labels("unsure")._value.get()
+    assert len(model.asked_ms) == 1 and latency["speculative"] is True
+    if last_p < turn.unsure_word_p:
+        assert latency["end_of_turn"] == "unsure_ending" and unsure == 1
+        assert turn.end_of_turn_silence_ms <= silence < turn.end_of_turn_silence_ms + 40
+    else:  # a sure last word: the floor, as before
+        assert latency["end_of_turn"] == "model" and unsure == 0
+        assert turn.smart_turn_min_silence_ms <= silence < turn.smart_turn_min_silence_ms + 40
+
+
+@pytest.mark.parametrize(("text", "by"), [("my favorite colors", "unsure_ending"),
+                                          ("My favorite colors.", "model")])  # fmt: skip
+async def test_a_complete_on_a_transcript_that_trails_off_waits_for_the_silence_rule(
+    rig_factory: Make, text: str, by: str
+) -> None:
+    # "My favourite colour is" + a pause: Whisper drops the "is" but writes no full stop
+    model = FakeEndOfTurn([True])
+    rig = await rig_factory(texts=(text,), speculate=True, model=model, end_of_turn_ms=500)
+    spoken_end = rig.now_ms + 300
+    await rig.say_then_pause(300)
+    silence = rig.now_ms - spoken_end
+    turn = rig.session.cfg.turn
+    assert rig.events("latency")[0]["end_of_turn"] == by
+    floor = turn.end_of_turn_silence_ms if by == "unsure_ending" else turn.smart_turn_min_silence_ms
+    assert floor <= silence < floor + 40
+
+
+async def test_speech_resumed_inside_an_unsure_words_wait_goes_on_with_the_turn(
+    rig_factory: Make,
+) -> None:
+    # the bench's 400 ms mid-sentence pause: "Tell me a … joke." must not be answered at
+    # "Tell me that." (a complete at the pause, on an unsure last word)
+    model = FakeEndOfTurn([True, True])
+    rig = await rig_factory(texts=("Tell me that.",), speculate=True, model=model,
+                            end_of_turn_ms=500)  # fmt: skip
+    rig.asr.word_p = (0.98, 0.97, 0.5)
+    start = rig.now_ms
+    rig.vad.speak(start, start + 300)
+    rig.vad.speak(start + 700, start + 1100)  # on again after 400 ms
+    for _ in range(700 // 20):
+        rig.session.on_audio(FRAME)
+        await rig.settle()
+    assert rig.session.listener.user_speaking and rig.events("turn") == []
+    assert len(model.asked_ms) == 1  # asked at the pause, answered complete: held, not ended
+    await rig.say_then_pause(400)
+    latency = rig.events("latency")
+    assert len(latency) == 1 and latency[0]["speculations_discarded"] == 1
+
+
+@pytest.mark.parametrize("fade_frames", [0, 3, 8])
+async def test_the_silence_counts_from_where_the_voice_faded_out(
+    rig_factory: Make, fade_frames: int
+) -> None:
+    # Silero still says "speech" for a few frames after a voice fades out: those quiet frames
+    # are silence already (up to SPEECH_END_LOOKBACK_MS), and the silence rule counts them
+    rig = await rig_factory(texts=("hello there",), end_of_turn_ms=300, silence_dbfs=-50.0)
+    start = rig.now_ms
+    speech_ms = 300 + fade_frames * 20
+    rig.vad.speak(start, start + speech_ms)
+    rig.feed(300, LOUD)
+    rig.feed(fade_frames * 20, FRAME)  # faded out, still "speech" to the VAD
+    quiet_ms = min(fade_frames * 20, SPEECH_END_LOOKBACK_MS)
+    rig.feed_until(lambda: not rig.session.listener.user_speaking)
+    silence = rig.now_ms - (start + speech_ms)  # after the VAD's last "speech"
+    assert silence == 300 - quiet_ms  # the turn ended on the frame its silence reached 300 ms
+    await rig.until(lambda: bool(rig.events("latency")))
 
 
 # -- typed text over a speaking reply (reliability issue, item 3) ------------------------------

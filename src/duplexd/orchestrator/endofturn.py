@@ -21,7 +21,12 @@ a sentence does not end in an article, a preposition, a conjunction, or a copula
 cut short ("a table for" → "a table for two."), so words it was unsure of at the end
 (`turn.unsure_word_p`) are read as maybe never said. `dangling` says so; the listener then
 keeps listening as if the model had said "not done". A wrong call here costs latency (the
-next question to the model, at worst the maximum silence), never a cut-in.
+next question to the model, at worst the maximum silence), never a cut-in. And where Whisper
+was unsure of the last word at all, the words it stopped on may not be the ones said ("Tell me
+a" → "Tell me that.", "leaves at" → "leaves it"): a "complete" then ends the turn no sooner
+than the silence rule would (`end_of_turn_silence_ms`), never later; so does a transcript that
+trails off (`trails_off`: no closing ".", "?" or "!", or an ellipsis), Whisper's own way of
+writing a voice that stopped mid-sentence ("My favourite colour is" → "my favorite colors").
 
 A missing or corrupt model never crashes the orchestrator: `load_end_of_turn` says which file
 and why, and the daemon falls back to the silence rule with that warning in `/status` and the
@@ -57,6 +62,7 @@ __all__ = [
     "dangling",
     "guessed_words",
     "load_end_of_turn",
+    "trails_off",
 ]
 
 log = get_logger("duplexd.orchestrator.endofturn")
@@ -356,6 +362,17 @@ def dangling(text: str, guessed: int = 0) -> bool:
     )
 
 
+def trails_off(text: str) -> bool:
+    """Whether Whisper heard `text` trail off rather than end: it closes a sentence it heard
+    end with ".", "?" or "!", and writes a voice that stops mid-sentence without one ("my
+    favorite colors", "… leaves it"), with an ellipsis ("Tell me that...") or a cut-off word
+    ("a table for f-"). Empty text (a cough, a breath) does not."""
+    stripped = text.strip().rstrip("\"')]")
+    if not stripped:
+        return False
+    return stripped.endswith(("...", "\u2026", "-")) or stripped[-1] not in ".?!"
+
+
 def guessed_words(
     word_p: Sequence[float] | None,
     word_start_ms: Sequence[float] | None,
@@ -376,7 +393,7 @@ def guessed_words(
 
 
 def _stops_mid_sentence(said: list[str], question: bool) -> bool:
-    words = ["".join(c for c in w.lower() if c.isalpha() or c == "'") for w in said]
+    words = ["".join(c for c in w.lower() if c.isalnum() or c == "'") for w in said]  # "at 7."
     words = [w for w in words if w]
     if not words:
         return False

@@ -13,7 +13,10 @@ may start a speculative reply). Then either
   model is asked; "complete" ends the turn once the silence reaches `smart_turn_min_silence_ms`
   (the decision is made off the critical path, beside the speculative decode, and waits for the
   floor) unless the speculative transcript stops mid-sentence (`transcript_check`,
-  `endofturn.dangling`: then it keeps listening); "not done" keeps listening (and
+  `endofturn.dangling`: then it keeps listening), or later, at the silence rule's
+  `end_of_turn_silence_ms`, where Whisper was unsure of its last word (`unsure_word_p`: the
+  word may be misheard, and with it whether the sentence is whole) or wrote no closing ".", "?"
+  or "!" (`endofturn.trails_off`); "not done" keeps listening (and
   `on_not_done` tells the session). It asks again every `smart_turn_reask_ms`; at
   `smart_turn_max_silence_ms` the turn ends anyway.
 If the user speaks again, all of it is dropped: the speculative final, any decision in flight
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,7 +39,7 @@ from duplexd.asr import Transcript
 from duplexd.audio.frames import ASR_SAMPLE_RATE, FRAME_MS
 from duplexd.audio.pcm import Int16Array, dbfs, rms
 from duplexd.audio.resample import StreamResampler
-from duplexd.config import OrchestratorConfig
+from duplexd.config import SPEECH_END_LOOKBACK_MS, OrchestratorConfig
 from duplexd.logging import get_logger
 from duplexd.orchestrator.deps import Clock, Transcriber, Vad
 from duplexd.orchestrator.endofturn import (
@@ -45,6 +48,7 @@ from duplexd.orchestrator.endofturn import (
     EndOfTurn,
     dangling,
     guessed_words,
+    trails_off,
 )
 from duplexd.orchestrator.telemetry import OrchTelemetry
 from duplexd.orchestrator.turn import TurnTimes
@@ -56,6 +60,7 @@ log = get_logger("duplexd.orchestrator.listening")
 PREROLL_MS = 800  # audio kept before a VAD onset (onset is detected after speech starts)
 PREROLL_PAD_MS = 200  # fed from before the VAD's speech start: the first word's attack
 
+Reading = Literal["sure", "unsure", "dangling"]  # what the speculative transcript says of a turn
 OnVad = Callable[[str, int], None]  # (kind, stream ms)
 OnOnset = Callable[[int, float, float], bool]  # (speech_start_ms, now, mic dBFS) -> heed it
 OnEndOfTurn = Callable[[TurnTimes], None]
@@ -93,6 +98,8 @@ class Listener:
         self._asked_at_ms: int | None = None  # silence_ms at the last question to the model
         self._deciding = False
         self._complete: int | None = None  # the generation the model called complete, early
+        self._complete_after_ms = 0  # …and the silence that turn ends at, and why
+        self._complete_by = "model"
         self.last_decision_ms: float | None = None
         self._resampler = (
             StreamResampler(input_rate, ASR_SAMPLE_RATE) if input_rate != ASR_SAMPLE_RATE else None
@@ -104,6 +111,7 @@ class Listener:
         )
         self._silence_since: float | None = None
         self._silence_ms = 0
+        self._quiet_ms = 0  # trailing frames quieter than turn.silence_dbfs while "speech"
         self._holding: list[Int16Array] | None = None  # silence held back after begin_final
         self._final_silence_ms = 0  # the silence at the end of the speculative final's audio
 
@@ -127,7 +135,7 @@ class Listener:
             if heed and not self.user_speaking:
                 self._begin_utterance(ev.speech_start_ms)
         if self.user_speaking:
-            self._track_silence(x, now)
+            self._track_silence(x, now, mic_db)
 
     def speech_start(self, now: float, speech_start_ms: int) -> float:
         """The clock time at which speech that the VAD dates at `speech_start_ms` began."""
@@ -150,6 +158,7 @@ class Listener:
     def _begin_utterance(self, speech_start_ms: int) -> None:
         self.user_speaking = True
         self._silence_since, self._silence_ms, self._holding = None, 0, None
+        self._quiet_ms = 0
         self._generation += 1
         self._asked_at_ms, self._complete = None, None
         self.transcriber.reset()
@@ -169,10 +178,13 @@ class Listener:
         while self._turn_samples - len(self._turn_audio[0]) >= MAX_AUDIO_S * ASR_SAMPLE_RATE:
             self._turn_samples -= len(self._turn_audio.popleft())
 
-    def _track_silence(self, x: Int16Array, now: float) -> None:
+    def _track_silence(self, x: Int16Array, now: float, level_db: float) -> None:
         self._keep(x)
         speech = self.vad.last_probability >= self.cfg.vad.threshold
         if speech:
+            floor_db = self.cfg.turn.silence_dbfs
+            quiet = floor_db is not None and level_db < floor_db
+            self._quiet_ms = min(self._quiet_ms + FRAME_MS, SPEECH_END_LOOKBACK_MS) if quiet else 0
             if self._holding is not None:  # spoke again: drop the speculative final
                 self.transcriber.cancel()
                 for chunk in self._holding:
@@ -183,8 +195,9 @@ class Listener:
             self._silence_since, self._silence_ms, self._holding = None, 0, None
             self.transcriber.feed(x)
             return
-        if self._silence_since is None:
-            self._silence_since = now - FRAME_MS / 1000
+        if self._silence_since is None:  # the silence began where the voice faded out
+            self._silence_ms, self._quiet_ms = self._quiet_ms, 0
+            self._silence_since = now - (self._silence_ms + FRAME_MS) / 1000
         self._silence_ms += FRAME_MS
         if self._holding is not None:
             self._holding.append(x)
@@ -206,8 +219,8 @@ class Listener:
         elif self._silence_ms >= turn.smart_turn_max_silence_ms:
             self._end(now, "max_silence")
         elif self._complete == self._generation:
-            if self._silence_ms >= turn.smart_turn_min_silence_ms:
-                self._end(now, "model")  # called complete early: the floor has passed now
+            if self._silence_ms >= self._complete_after_ms:
+                self._end(now, self._complete_by)  # called complete early: its floor has passed
         elif self._should_ask():
             self._asked_at_ms = self._silence_ms
             self._deciding = True
@@ -246,41 +259,53 @@ class Listener:
         self.last_decision_ms = decision.model_ms
         if self._stale(generation):
             return  # the user spoke again meanwhile (or the turn ended by max silence)
-        if decision.complete and self.cfg.turn.transcript_check:
-            if await self._dangling(generation):
+        turn = self.cfg.turn
+        after_ms, by = turn.smart_turn_min_silence_ms, "model"
+        if decision.complete and turn.transcript_check:
+            reading = await self._read_transcript(generation)
+            if reading == "dangling":
                 return  # keep listening: asked again after reask_ms, or max silence ends it
             if self._stale(generation):
                 return
+            if reading == "unsure":  # no sooner than the silence rule: the pause may go on
+                after_ms, by = max(after_ms, turn.end_of_turn_silence_ms), "unsure_ending"
         if not decision.complete:
             self.on_not_done()
-        elif self._silence_ms >= self.cfg.turn.smart_turn_min_silence_ms:
-            self._end(self.clock(), "model")
-        else:  # answered before the shortest silence that may end a turn: end there
-            self._complete = generation
+        elif self._silence_ms >= after_ms:
+            self._end(self.clock(), by)
+        else:  # answered before the shortest silence that may end this turn: end there
+            self._complete, self._complete_after_ms, self._complete_by = generation, after_ms, by
 
-    async def _dangling(self, generation: int) -> bool:
-        """The model says complete: does the speculative transcript stop mid-sentence? (Both
-        start at the pause, the decode first; a decision is often back first, so this may wait
-        for the decode, which the reply needs anyway, still well before the minimum silence.)"""
+    async def _read_transcript(self, generation: int) -> Reading:
+        """The model says complete: does the speculative transcript stop mid-sentence, or end
+        unsure (a last word Whisper was unsure of, or no closing punctuation)? (Both start at
+        the pause, the decode first; a decision is often back first, so this may wait for the
+        decode, which the reply needs anyway, still well before the minimum silence.)"""
         if self._holding is None:
-            return False
+            return "sure"
         self._deciding = True  # no new question to the model while we read the transcript
         try:
             final = await self.transcriber.peek_final()
         except RuntimeError:
-            return True  # the user went on: that speculative final is gone
+            return "dangling"  # the user went on: that speculative final is gone
         finally:
             self._deciding = False
+        if generation != self._generation:
+            return "sure"  # stale: the caller drops the decision
         text, speech_end_ms = final.text, final.audio_ms - self._final_silence_ms
-        guessed = guessed_words(
-            final.word_p, final.word_start_ms, speech_end_ms, self.cfg.turn.unsure_word_p
-        )
-        if generation != self._generation or not dangling(text, guessed):
-            return False
-        if self.telemetry is not None:
-            self.telemetry.c_eot.labels("overruled").inc()
-        log.debug("end of turn overruled: the transcript stops mid-sentence", text=text)
-        return True
+        unsure_below = self.cfg.turn.unsure_word_p
+        guessed = guessed_words(final.word_p, final.word_start_ms, speech_end_ms, unsure_below)
+        if dangling(text, guessed):
+            if self.telemetry is not None:
+                self.telemetry.c_eot.labels("overruled").inc()
+            log.debug("end of turn overruled: the transcript stops mid-sentence", text=text)
+            return "dangling"
+        if (final.word_p and final.word_p[-1] < unsure_below) or trails_off(text):
+            if self.telemetry is not None:
+                self.telemetry.c_eot.labels("unsure").inc()
+            log.debug("end of turn held to the silence rule: an unsure ending", text=text)
+            return "unsure"
+        return "sure"
 
     def _end(self, now: float, by: str) -> None:
         self.user_speaking = False

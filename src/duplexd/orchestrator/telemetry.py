@@ -27,13 +27,14 @@ class OrchTelemetry:
         self.c_errors = counter(r, "duplex_orch_errors", "errors sent to clients", ["code"])
         self.c_eot = counter(
             r, "duplex_orch_end_of_turn_decisions", "end-of-turn model decisions", ["result"]
-        )  # result: complete | incomplete | overruled (by the transcript) | error
+        )  # result: complete | incomplete | overruled (by the transcript) | error | unsure
+        # (complete, on an unsure last word: held to the silence rule)
         self.h_eot = histogram_ms(
             r, "duplex_orch_end_of_turn_model_ms", "end-of-turn model time per decision"
         )
         self.c_turn_end = counter(
             r, "duplex_orch_turn_ends", "how user turns ended", ["by"]
-        )  # by: model | max_silence | silence
+        )  # by: model | unsure_ending | max_silence | silence
         self.c_spec = counter(
             r, "duplex_orch_speculations", "speculative replies", ["outcome"]
         )  # outcome: started | used | discarded

@@ -30,7 +30,7 @@ class TurnTimes:
     asr_decode_ms: float | None = None
     first_text: float | None = None  # first reply text from the responder
     first_audio: float | None = None  # first reply frame handed to the client
-    ended_by: str | None = None  # silence | model | max_silence | text
+    ended_by: str | None = None  # silence | model | unsure_ending | max_silence | text
     eot_model_ms: float | None = None  # the end-of-turn model's last decision, if asked
     speculative: bool = False  # the reply was started before the turn was confirmed
     discarded: int = 0  # speculative replies dropped during this turn (the user went on)
