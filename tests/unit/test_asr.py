@@ -317,6 +317,9 @@ def test_a_loop_is_cut_to_one_pass() -> None:
     assert _cut_loops(" Good morning. How are you? Good morning. How") == (
         " Good morning. How are you?"
     )
+    assert _cut_loops(" I think that's everything. I think that's everything. I think that") == (
+        " I think that's everything."  # the loop's last word cut short: "that" of "that's"
+    )
     assert _cut_loops(" Yes, yes, yes, yes") == " Yes,"
     assert _cut_loops(" at half past nine, right. Right. Right. Right. Right") == (
         " at half past nine, right."

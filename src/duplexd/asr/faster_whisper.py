@@ -312,13 +312,19 @@ def _word_starts_ms(aligned: Sequence[dict[str, Any]], words: int) -> tuple[floa
 def _cut_loops(text: str) -> str:
     """Whisper's loops on a short window, cut to one pass (compared word by word, case and
     punctuation aside): the whole utterance said again ("Good morning. How are you? Good
-    morning. How"), or its tail said over and over ("…, right. Right. Right. Right")."""
+    morning. How"), its last word maybe cut short ("… that's everything. I think that"), or its
+    tail said over and over ("…, right. Right. Right. Right")."""
     words = text.split()
     keys = [re.sub(r"\W", "", w.lower()) for w in words]
     n = len(keys)
+
+    def again_at(i: int, period: int) -> bool:
+        said = keys[i - period]
+        return keys[i] == said or (i == n - 1 and bool(keys[i]) and said.startswith(keys[i]))
+
     for period in range(1, n):  # the whole: a block said again (at least 3 words of it)
         again = n - period
-        if again >= min(3, period) and all(keys[i] == keys[i - period] for i in range(period, n)):
+        if again >= min(3, period) and all(again_at(i, period) for i in range(period, n)):
             return " " + " ".join(words[:period])
     for size in range(1, n // 2 + 1):  # the tail: a block said over and over at the end
         block, times = keys[n - size :], 1
