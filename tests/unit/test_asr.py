@@ -386,3 +386,31 @@ def test_the_decoder_says_how_sure_it_was_of_each_word_and_where_an_unsure_endin
             assert heard.word_start_ms[-1] < heard.audio_ms + 4000  # + the decoder's padding
         else:
             assert heard.word_start_ms is None
+        said_before = heard.text.rsplit(" ", 1)[0]  # other readings replace the last word only
+        assert all(e.strip().startswith(said_before.strip()) for e in heard.endings), heard
+
+
+def test_the_decoders_other_readings_of_the_last_word_are_told(asr: FasterWhisperASR) -> None:
+    """On Whisper's own tokenizer: "… leaves it" written while " at" held 0.26 of the step."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    from duplexd.asr.faster_whisper import OTHER_ENDING_P, _other_endings
+
+    model = asr._model
+    tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+    ids = tokenizer.encode(" The train leaves it.")
+    vocab = model.hf_tokenizer.get_vocab_size()
+    at, comma = tokenizer.encode(" at")[0], tokenizer.encode(",")[0]
+
+    def step(chosen: int, others: dict[int, float]) -> list[float]:
+        p = np.full(vocab, 1e-9)
+        p[list(others)] = list(others.values())
+        p[chosen] = 1.0 - sum(others.values())
+        return list(np.log(p))
+
+    logits = [step(t, {}) for t in ids]
+    logits[-2] = step(ids[-2], {at: 0.26, comma: 0.2})  # " it": " at" nearly; "," is no word
+    assert _other_endings(tokenizer, ids, logits) == (" The train leaves at",)
+    logits[-2] = step(ids[-2], {at: OTHER_ENDING_P / 2})  # too unlikely to tell
+    assert _other_endings(tokenizer, ids, logits) == ()
+    assert _other_endings(tokenizer, ids, None) == ()  # a beam search gives no distributions

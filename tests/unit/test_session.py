@@ -432,6 +432,24 @@ async def test_a_complete_on_a_transcript_that_trails_off_waits_for_the_silence_
     assert floor <= silence < floor + 40
 
 
+@pytest.mark.parametrize(
+    ("endings", "by"),
+    [(("the train to London leaves at",), "unsure_ending"),
+     (("the train to London leaves him",), "model")],  # a reading that is whole: no matter
+)  # fmt: skip
+async def test_a_complete_whose_last_word_nearly_read_as_unfinished_waits_for_the_silence_rule(
+    rig_factory: Make, endings: tuple[str, ...], by: str
+) -> None:
+    # "The train to London leaves at" + a pause: Whisper writes "… leaves it." (0.83), " at"
+    # close behind it: that reading stops mid-sentence, so the pause may go on
+    model = FakeEndOfTurn([True])
+    rig = await rig_factory(texts=("the train to London leaves it.",), speculate=True,
+                            model=model, end_of_turn_ms=500)  # fmt: skip
+    rig.asr.word_p, rig.asr.endings = (0.95, 0.98, 0.97, 0.99, 0.96, 0.83), endings
+    await rig.say_then_pause(300)
+    assert rig.events("latency")[0]["end_of_turn"] == by
+
+
 async def test_speech_resumed_inside_an_unsure_words_wait_goes_on_with_the_turn(
     rig_factory: Make,
 ) -> None:

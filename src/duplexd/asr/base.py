@@ -57,6 +57,10 @@ class Transcript:
     word_start_ms: tuple[float, ...] | None = None
     """Where each word of `text` starts in the audio, where the engine tells (faster-whisper
     aligns an unsure ending): a guessed word starts where the speech had already ended."""
+    endings: tuple[str, ...] = ()
+    """Other readings of the last word that the decoder nearly wrote, each as the whole text up
+    to it ("… leaves it" → "… leaves at"), where the engine tells: a misheard last word often
+    hides the one said, and with it whether the sentence stopped mid-way."""
 
 
 class Decoded(NamedTuple):
@@ -66,6 +70,7 @@ class Decoded(NamedTuple):
     language: str | None
     word_p: tuple[float, ...] | None = None  # see Transcript.word_p
     word_start_ms: tuple[float, ...] | None = None  # see Transcript.word_start_ms
+    endings: tuple[str, ...] = ()  # see Transcript.endings
 
 
 class ASREngine(ABC):
@@ -101,7 +106,9 @@ class ASREngine(ABC):
         # not the words of this text: say nothing rather than misplace them
         word_p = word_p if word_p is not None and len(word_p) == words else None
         starts = starts if starts is not None and len(starts) == words else None
-        return Transcript(text, decoded.language, True, audio_ms, decode_ms, word_p, starts)
+        return Transcript(
+            text, decoded.language, True, audio_ms, decode_ms, word_p, starts, decoded.endings
+        )
 
 
 def _check_pcm16(pcm16: PCM16) -> PCM16:

@@ -142,6 +142,9 @@ SHORT_FORM_MAX_S = 20.0  # utterances up to this long skip Whisper's padding to 
 SHORT_FORM_PAD_S = 4.0  # silence after the speech: enough for the decoder to end cleanly
 NO_SPEECH_PROB = 0.6  # with a mean log-probability below NO_SPEECH_LOGPROB: not speech
 NO_SPEECH_LOGPROB = -1.0
+# the decoder's other readings of a last word at or above this are told (Transcript.endings):
+# a misheard "at" still holds 0.13-0.26 under the "it" written; bench questions hold none
+OTHER_ENDING_P = 0.1
 COMPRESSION_LIMIT = 2.4  # Whisper's own repetition detector: above it, decode the long way
 
 
@@ -263,6 +266,7 @@ class FasterWhisperASR(ASREngine):
         logits = best.logits[0] if self.beam_size == 1 and best.logits else None
         words = len(text.split())
         word_p = _word_p(tokenizer, ids, logits, words)
+        endings = _other_endings(tokenizer, ids, logits) if text == whole else ()
         starts = None
         if word_p and word_p[-1] < ALIGN_BELOW_P:  # where its unsure ending lies in the audio
             said = [t for t in ids if t < tokenizer.eot]
@@ -272,7 +276,31 @@ class FasterWhisperASR(ASREngine):
                 log.debug("no word alignment", error=repr(exc))  # the text stands without it
                 aligned = []
             starts = _word_starts_ms(aligned[0] if aligned else [], words)
-        return Decoded(text, self.language, word_p, starts)
+        return Decoded(text, self.language, word_p, starts, endings)
+
+
+def _other_endings(
+    tokenizer: Any, ids: Sequence[int], logits: Sequence[Any] | None
+) -> tuple[str, ...]:
+    """For each token of the last word, the other tokens the decoder gave at least
+    `OTHER_ENDING_P` that hold a letter or digit, each as the text up to and with it: what it
+    nearly wrote instead ("… leaves it" → "… leaves at", "Tell me that" → "Tell me the")."""
+    said = [t for t in ids if t < tokenizer.eot]
+    if logits is None or len(logits) < len(said) or not said or list(ids[: len(said)]) != said:
+        return ()  # the steps' distributions do not line up with the words
+    pieces = [str(tokenizer.decode([t])) for t in said]
+    last = max((k for k, piece in enumerate(pieces) if piece.startswith(" ")), default=0)
+    endings: list[str] = []
+    for k in range(last, len(said)):
+        row = np.asarray(logits[k], dtype=np.float32)
+        p = np.exp(row - np.logaddexp.reduce(row))
+        for other in np.flatnonzero(p >= OTHER_ENDING_P):
+            token = int(other)
+            if token == said[k] or token >= tokenizer.eot:
+                continue
+            if any(c.isalnum() for c in str(tokenizer.decode([token]))):
+                endings.append(str(tokenizer.decode([*said[:k], token])))
+    return tuple(endings)
 
 
 def _word_p(

@@ -118,6 +118,7 @@ class FakeTranscriber:
         # words then start 200 ms apart, the last where the audio fed so far ends: where a
         # word Whisper guessed at the end of a phrase cut short starts
         self.word_p: tuple[float, ...] | None = None
+        self.endings: tuple[str, ...] = ()  # the speculative final's other readings
 
     def feed(self, pcm16: Int16Array) -> None:
         self.fed_ms += len(pcm16) * 1000 / _VAD_RATE
@@ -150,7 +151,7 @@ class FakeTranscriber:
         if self.word_p is not None:
             n = len(self.word_p)
             starts = tuple(self.fed_ms - 200.0 * (n - 1 - i) for i in range(n))
-        return Transcript(text, "en", True, self.fed_ms, 1.0, self.word_p, starts)
+        return Transcript(text, "en", True, self.fed_ms, 1.0, self.word_p, starts, self.endings)
 
     async def commit(self) -> Transcript:
         self.calls.append("commit")

@@ -15,8 +15,9 @@ may start a speculative reply). Then either
   floor) unless the speculative transcript stops mid-sentence (`transcript_check`,
   `endofturn.dangling`: then it keeps listening), or later, at the silence rule's
   `end_of_turn_silence_ms`, where Whisper was unsure of its last word (`unsure_word_p`: the
-  word may be misheard, and with it whether the sentence is whole) or wrote no closing ".", "?"
-  or "!" (`endofturn.trails_off`); "not done" keeps listening (and
+  word may be misheard, and with it whether the sentence is whole), nearly wrote another that
+  stops mid-sentence ("leaves it" over "leaves at": `Transcript.endings`) or wrote no closing
+  ".", "?" or "!" (`endofturn.trails_off`); "not done" keeps listening (and
   `on_not_done` tells the session). It asks again every `smart_turn_reask_ms`; at
   `smart_turn_max_silence_ms` the turn ends anyway.
 If the user speaks again, all of it is dropped: the speculative final, any decision in flight
@@ -278,7 +279,8 @@ class Listener:
 
     async def _read_transcript(self, generation: int) -> Reading:
         """The model says complete: does the speculative transcript stop mid-sentence, or end
-        unsure (a last word Whisper was unsure of, or no closing punctuation)? (Both start at
+        unsure (a last word Whisper was unsure of or nearly read as one that stops mid-sentence,
+        or no closing punctuation)? (Both start at
         the pause, the decode first; a decision is often back first, so this may wait for the
         decode, which the reply needs anyway, still well before the minimum silence.)"""
         if self._holding is None:
@@ -300,7 +302,8 @@ class Listener:
                 self.telemetry.c_eot.labels("overruled").inc()
             log.debug("end of turn overruled: the transcript stops mid-sentence", text=text)
             return "dangling"
-        if (final.word_p and final.word_p[-1] < unsure_below) or trails_off(text):
+        unsure = bool(final.word_p and final.word_p[-1] < unsure_below) or trails_off(text)
+        if unsure or any(dangling(ending) for ending in final.endings):
             if self.telemetry is not None:
                 self.telemetry.c_eot.labels("unsure").inc()
             log.debug("end of turn held to the silence rule: an unsure ending", text=text)
