@@ -298,7 +298,10 @@
           $("partial").textContent = ev.text;
           $("partial").classList.remove("partial");
           turnLine(ev.turn).you.textContent = ev.text;
-          pendingHeard = { turn: ev.turn, micOffsetAt: D.micOffsetAt };
+          // the turn may end before this page's own MIC_OFFSET_MS hold has passed (Smart Turn
+          // ends it at 250 ms of silence): then the mic's last loud moment is where you stopped
+          const offsetAt = micSpeaking ? D.micLastLoud : D.micOffsetAt;
+          pendingHeard = { turn: ev.turn, micOffsetAt: offsetAt };
         }
         break;
       case "reply": {
